@@ -1,0 +1,173 @@
+"""The chat websocket: one socket per open conversation page.
+
+Client → server: {"action": "send", "text", "client_id"} · {"action": "stop"} ·
+{"action": "resync", "message"}. Server → client: {"event": ...} payloads
+(see docs/websocket-protocol.md). Generation runs in a task of its own
+(generation.py); this consumer only checks access, saves, starts, relays.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.db import transaction
+
+from .generation import start_generation
+from .models import Conversation, Message
+
+
+class ChatError(Exception):
+    """A refusal the person should read: nothing was sent upstream."""
+
+
+# --- database work ---------------------------------------------------------
+
+
+def _load_conversation(user, public_id) -> tuple[int, str] | None:
+    conversation = Conversation.objects.for_user(user).filter(public_id=public_id).only("pk").first()
+    return (conversation.pk, str(conversation.public_id)) if conversation else None
+
+
+def _create_conversation(user) -> tuple[int, str, str]:
+    conversation = Conversation.start(user)
+    return conversation.pk, str(conversation.public_id), conversation.get_absolute_url()
+
+
+def _begin_turn(conversation_pk: int, text: str) -> dict[str, Any]:
+    """Save the person's message and an empty streaming answer, atomically.
+
+    Refuses while another answer in this conversation is still streaming.
+    """
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
+        if conversation.streaming_message():
+            raise ChatError("Wait for the current answer to finish, or stop it, before sending another message.")
+        user_message = conversation.add_user_message(text)
+        assistant = conversation.start_assistant_message()
+        body = conversation.request_body()
+    return {
+        "user": user_message.to_client(),
+        "assistant_pk": assistant.pk,
+        "assistant_id": str(assistant.public_id),
+        "title": conversation.display_title,
+        "body": body,
+    }
+
+
+def _streaming_workers(conversation_pk: int) -> list[tuple[str, str]]:
+    return list(
+        Message.objects.filter(conversation_id=conversation_pk, status=Message.Status.STREAMING)
+        .exclude(worker_channel="")
+        .values_list("public_id", "worker_channel")
+    )
+
+
+load_conversation = database_sync_to_async(_load_conversation)
+create_conversation = database_sync_to_async(_create_conversation)
+begin_turn = database_sync_to_async(_begin_turn)
+streaming_workers = database_sync_to_async(_streaming_workers)
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    conversation_pk: int | None = None
+    conversation_id: str | None = None
+
+    @property
+    def group(self) -> str:
+        return f"conversation-{self.conversation_pk}"
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        public_id = self.scope["url_route"]["kwargs"].get("conversation_id")
+        if public_id is not None:
+            found = await load_conversation(user, public_id)
+            if found is None:
+                await self.close(code=4404)  # someone else's, or no such conversation
+                return
+            self.conversation_pk, self.conversation_id = found
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        if self.conversation_pk is not None:
+            await self.catch_up()
+
+    async def disconnect(self, code: int) -> None:
+        if self.conversation_pk is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def catch_up(self, only: str | None = None) -> None:
+        """Ask each running generation for the text so far (sent to this socket only).
+
+        Called after joining the group, so nothing published later is missed;
+        the browser drops the events the snapshot already contains (by seq).
+        """
+        workers = await streaming_workers(self.conversation_pk)
+        await self.send_json({"event": "state", "streaming": [str(mid) for mid, _ in workers]})
+        for message_id, channel in workers:
+            if only is None or str(message_id) == only:
+                await self.channel_layer.send(channel, {"type": "generation.snapshot", "reply_to": self.channel_name})
+
+    async def receive_json(self, content: Any, **kwargs) -> None:
+        if not isinstance(content, dict):
+            return
+        action = content.get("action")
+        try:
+            if action == "send":
+                await self.send_message(content)
+            elif action == "stop":
+                await self.stop()
+            elif action == "resync" and self.conversation_pk is not None:
+                await self.catch_up(only=str(content.get("message") or "") or None)
+            else:
+                raise ChatError("Unknown action.")
+        except ChatError as exc:
+            await self.send_json({"event": "error", "message": str(exc), "client_id": content.get("client_id")})
+
+    async def send_message(self, content: dict[str, Any]) -> None:
+        text = content.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ChatError("Type a message before sending.")
+        if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+            raise ChatError(
+                f"This message is {len(text):,} characters long; the limit is {settings.CHAT_MAX_MESSAGE_CHARS:,}."
+            )
+        client_id = str(content.get("client_id") or uuid.uuid4())
+        if self.conversation_pk is None:
+            self.conversation_pk, self.conversation_id, url = await create_conversation(self.scope["user"])
+            await self.channel_layer.group_add(self.group, self.channel_name)
+            await self.send_json({"event": "conversation.created", "id": self.conversation_id, "url": url})
+        turn = await begin_turn(self.conversation_pk, text)
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": "chat.event",
+                "payload": {
+                    "event": "message.user",
+                    "client_id": client_id,
+                    "message": turn["user"],
+                    "conversation": {"id": self.conversation_id, "title": turn["title"]},
+                },
+            },
+        )
+        await self.channel_layer.group_send(
+            self.group,
+            {"type": "chat.event", "payload": {"event": "message.start", "message": turn["assistant_id"], "seq": 0}},
+        )
+        start_generation(
+            message_pk=turn["assistant_pk"], message_id=turn["assistant_id"], group=self.group, body=turn["body"]
+        )
+
+    async def stop(self) -> None:
+        if self.conversation_pk is None:
+            return
+        for _message_id, channel in await streaming_workers(self.conversation_pk):
+            await self.channel_layer.send(channel, {"type": "generation.stop"})
+
+    async def chat_event(self, event: dict[str, Any]) -> None:
+        await self.send_json(event["payload"])

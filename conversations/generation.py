@@ -1,0 +1,266 @@
+"""The generation runner: one asyncio task per assistant answer.
+
+The task is not owned by any socket: closing the tab does not stop it. It
+streams from the upstream client, publishes coalesced deltas to the
+conversation's channel-layer group, saves the partial answer at least once a
+second, and finishes the message at the end. It listens on a channel of its own
+(stored on the message) for "stop" and "snapshot" requests, so that any socket
+on any process can stop it or catch up with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.utils import timezone
+
+from .markdown import StreamingMarkdown
+from .models import USAGE_FIELDS, Message, client_blocks
+from .upstream import MessageStream, UpstreamConfig, UpstreamError, get_client
+
+log = logging.getLogger(__name__)
+
+_running: set[asyncio.Task] = set()
+
+
+def upstream_config() -> UpstreamConfig:
+    return UpstreamConfig(
+        base_url=settings.ANTHROPIC_BASE_URL,
+        api_key=settings.ANTHROPIC_API_KEY,
+        auth_token=settings.ANTHROPIC_AUTH_TOKEN,
+    )
+
+
+# --- database work: plain values in and out, each wrapped once ------------
+
+
+def _claim_worker_channel(message_pk: int, channel: str) -> None:
+    Message.objects.filter(pk=message_pk).update(worker_channel=channel)
+
+
+def _save_partial(message_pk: int, content: list, usage: dict, upstream_id: str) -> None:
+    message = Message.objects.get(pk=message_pk)
+    message.content = content
+    message.set_usage(usage)
+    message.upstream_id = upstream_id or message.upstream_id
+    message.save(update_fields=["content", "upstream_id", "updated_at", *usage_fields(usage)])
+
+
+def _finish(message_pk: int, fields: dict[str, Any], usage: dict) -> None:
+    message = Message.objects.select_related("conversation").get(pk=message_pk)
+    for name, value in fields.items():
+        setattr(message, name, value)
+    message.set_usage(usage)
+    message.worker_channel = ""
+    message.completed_at = timezone.now()
+    message.save()
+    message.conversation.touch()
+
+
+def usage_fields(usage: dict) -> list[str]:
+    return [name for name in USAGE_FIELDS if name in usage]
+
+
+claim_worker_channel = database_sync_to_async(_claim_worker_channel)
+save_partial = database_sync_to_async(_save_partial)
+finish = database_sync_to_async(_finish)
+
+
+# --- the task ---------------------------------------------------------------
+
+
+class Generation:
+    def __init__(self, *, message_pk: int, message_id: str, group: str, body: dict[str, Any]):
+        self.message_pk = message_pk
+        self.message_id = message_id
+        self.group = group
+        self.body = body
+        self.layer = get_channel_layer()
+        self.seq = 0
+        self.renderers: dict[int, StreamingMarkdown] = {}
+        self.block_types: dict[int, str] = {}
+        self.pending_text: dict[int, str] = {}
+        self.dirty = False
+        self.stream: MessageStream | None = None
+        self.saved_version = 0
+        self.version = 0
+
+    # events to the browser -------------------------------------------------
+
+    async def publish(self, payload: dict[str, Any]) -> None:
+        await self.layer.group_send(self.group, {"type": "chat.event", "payload": payload})
+
+    def _next(self, event: str, **data: Any) -> dict[str, Any]:
+        self.seq += 1
+        return {"event": event, "message": self.message_id, "seq": self.seq, **data}
+
+    async def flush(self) -> None:
+        if not self.dirty:
+            return
+        parts = []
+        for index, renderer in self.renderers.items():
+            text = self.pending_text.pop(index, None)
+            if text is None:
+                continue
+            append, tail = renderer.flush()
+            parts.append(
+                {"index": index, "type": self.block_types[index], "text": text, "append": append, "tail": tail}
+            )
+        for index in list(self.pending_text):  # blocks without text (redacted thinking)
+            self.pending_text.pop(index)
+            parts.append({"index": index, "type": self.block_types[index], "text": "", "append": "", "tail": ""})
+        self.dirty = False
+        if parts:
+            await self.publish(self._next("message.delta", parts=parts))
+
+    def snapshot(self) -> dict[str, Any]:
+        parts = []
+        for index, kind in sorted(self.block_types.items()):
+            renderer = self.renderers.get(index)
+            html, tail = renderer.snapshot() if renderer else ("", "")
+            text = renderer.text if renderer else ""
+            parts.append({"index": index, "type": kind, "html": html, "tail": tail, "text": text})
+        return {"event": "message.snapshot", "message": self.message_id, "seq": self.seq, "status": "streaming", "parts": parts}
+
+    # the stream -------------------------------------------------------------
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "content_block_start":
+            index = event["index"]
+            block_type = event["content_block"].get("type", "")
+            self.block_types[index] = block_type
+            if block_type in ("text", "thinking"):
+                renderer = self.renderers[index] = StreamingMarkdown()
+                initial = event["content_block"].get(block_type, "")
+                renderer.feed(initial)
+                self.pending_text[index] = initial
+            else:
+                self.pending_text[index] = ""
+            self.dirty = True
+        elif kind == "content_block_delta":
+            index = event["index"]
+            delta = event.get("delta") or {}
+            piece = delta.get("text") if delta.get("type") == "text_delta" else None
+            if delta.get("type") == "thinking_delta":
+                piece = delta.get("thinking")
+            if piece and index in self.renderers:
+                self.renderers[index].feed(piece)
+                self.pending_text[index] = self.pending_text.get(index, "") + piece
+                self.dirty = True
+        self.version += 1
+
+    async def _stream(self) -> None:
+        config = upstream_config()
+        async with MessageStream(get_client(config), config, self.body) as stream:
+            self.stream = stream
+            async for event in stream:
+                self.on_event(event)
+
+    async def _tick(self) -> None:
+        last_save = time.monotonic()
+        while True:
+            await asyncio.sleep(settings.CHAT_FLUSH_INTERVAL)
+            await self.flush()
+            if time.monotonic() - last_save >= settings.CHAT_SAVE_INTERVAL:
+                last_save = time.monotonic()
+                await self._save_if_changed()
+
+    async def _save_if_changed(self) -> None:
+        if self.stream is None or self.version == self.saved_version:
+            return
+        self.saved_version = self.version
+        acc = self.stream.accumulator
+        await save_partial(self.message_pk, _copy_content(acc.content), dict(acc.message.get("usage", {})), acc.message.get("id", ""))
+
+    async def _listen(self, channel: str, stream_task: asyncio.Task) -> None:
+        while True:
+            request = await self.layer.receive(channel)
+            if request.get("type") == "generation.stop":
+                stream_task.cancel()
+            elif request.get("type") == "generation.snapshot" and request.get("reply_to"):
+                await self.layer.send(request["reply_to"], {"type": "chat.event", "payload": self.snapshot()})
+
+    async def run(self) -> None:
+        channel = await self.layer.new_channel("generation.")
+        await claim_worker_channel(self.message_pk, channel)
+        stream_task = asyncio.create_task(self._stream())
+        helpers = [asyncio.create_task(self._tick()), asyncio.create_task(self._listen(channel, stream_task))]
+        fields: dict[str, Any] = {}
+        try:
+            await stream_task
+            acc = self.stream.accumulator
+            fields = {
+                "status": Message.Status.COMPLETE,
+                "stop_reason": acc.message.get("stop_reason") or "",
+                "stop_sequence": acc.message.get("stop_sequence") or "",
+            }
+        except asyncio.CancelledError:
+            if not stream_task.cancelled():  # the runner itself is being cancelled (shutdown)
+                stream_task.cancel()
+            fields = {"status": Message.Status.STOPPED, "stop_reason": ""}
+        except UpstreamError as exc:
+            log.warning("generation %s failed: %r request_id=%s", self.message_id, exc, exc.request_id)
+            fields = {
+                "status": Message.Status.ERROR,
+                "error_type": exc.error_type,
+                "error": exc.message,
+                "request_id": exc.request_id or "",
+            }
+        except Exception as exc:  # a bug of ours: never leave the message streaming
+            log.exception("generation %s crashed", self.message_id)
+            fields = {"status": Message.Status.ERROR, "error_type": "internal_error", "error": f"Internal error: {exc.__class__.__name__}"}
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+        await self._finish(fields)
+
+    async def _finish(self, fields: dict[str, Any]) -> None:
+        await self.flush()
+        acc = self.stream.accumulator if self.stream else None
+        content = _copy_content(acc.content) if acc else []
+        usage = dict(acc.message.get("usage", {})) if acc else {}
+        fields.update(content=content, model=(acc.message.get("model") if acc else "") or self.body.get("model", ""))
+        if acc and acc.message.get("id"):
+            fields["upstream_id"] = acc.message["id"]
+        if self.stream and self.stream.request_id and not fields.get("request_id"):
+            fields["request_id"] = self.stream.request_id
+        await finish(self.message_pk, fields, usage)
+        await self.publish(
+            self._next(
+                "message.end",
+                status=fields["status"],
+                stop_reason=fields.get("stop_reason", ""),
+                blocks=client_blocks(content),
+                usage={name: usage.get(name, 0) for name in USAGE_FIELDS},
+                error=fields.get("error", ""),
+                error_type=fields.get("error_type", ""),
+                request_id=fields.get("request_id", ""),
+            )
+        )
+
+
+def _copy_content(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(block) for block in content]
+
+
+def start_generation(*, message_pk: int, message_id: str, group: str, body: dict[str, Any]) -> asyncio.Task:
+    """Start the task; it belongs to the event loop, not to the calling socket."""
+    generation = Generation(message_pk=message_pk, message_id=message_id, group=group, body=body)
+    task = asyncio.get_running_loop().create_task(generation.run(), name=f"generation-{message_id}")
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
+
+
+async def wait_for_generations(timeout: float = 10.0) -> None:
+    """Wait until every running generation has finished (tests, shutdown)."""
+    if _running:
+        await asyncio.wait_for(asyncio.gather(*list(_running), return_exceptions=True), timeout)

@@ -1,0 +1,320 @@
+"""The Anthropic Messages API client: streaming POST /v1/messages.
+
+Pure async code, no Django models: the generation runner feeds it a request body
+and reads events. SSE framing is parsed by httpx-sse; `MessageAccumulator` builds
+the final message from the events the way the official SDKs do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import httpx
+from httpx_sse import EventSource, SSEError, aconnect_sse
+
+API_VERSION = "2023-06-01"
+
+# A long pause while the model thinks is not a failure: the read timeout is the
+# longest silence tolerated between two bytes of the stream, and matches the
+# official SDKs' ten-minute default. Connecting and sending are quick or broken.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    base_url: str = "https://api.anthropic.com"
+    api_key: str = ""
+    auth_token: str = ""
+    timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
+
+    @property
+    def is_demo(self) -> bool:
+        """No credentials: answers come from the built-in offline demo model."""
+        return not (self.api_key or self.auth_token)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
+        if self.api_key:
+            headers["x-api-key"] = self.api_key
+        elif self.auth_token:
+            headers["authorization"] = f"Bearer {self.auth_token}"
+        return headers
+
+
+class UpstreamError(Exception):
+    """Anything that kept the API from giving a complete answer.
+
+    `error_type` is the API's own error type where it sent one
+    (`overloaded_error`, `invalid_request_error`, ...), or one of ours:
+    `connection_error` (nothing came back), `stream_interrupted` (the stream
+    ended or broke before `message_stop`).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: str = "api_error",
+        status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.error_type = error_type
+        self.status = status
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"UpstreamError({self.error_type!r}, {self.message!r}, status={self.status})"
+
+
+def error_from_response(status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:
+    """Turn a non-2xx answer into an UpstreamError with the API's type and message."""
+    request_id = headers.get("request-id")
+    error_type, message = "api_error", f"The API answered HTTP {status}."
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):
+            error_type = str(error.get("type") or error_type)
+            message = str(error.get("message") or message)
+        request_id = request_id or payload.get("request_id")
+    return UpstreamError(
+        message,
+        error_type=error_type,
+        status=status,
+        request_id=request_id,
+        retry_after=_parse_retry_after(headers.get("retry-after")),
+    )
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+@dataclass
+class MessageAccumulator:
+    """Builds the final Message from stream events, like the SDKs' accumulator.
+
+    Text, thinking and signature deltas are appended to their block; usage
+    comes from message_start and is updated by message_delta; pings and unknown
+    event or delta types are ignored.
+    """
+
+    message: dict[str, Any] = field(default_factory=dict)
+    started: bool = False
+    finished: bool = False
+    _partial_json: dict[int, str] = field(default_factory=dict)
+
+    def feed(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            self.message = copy.deepcopy(event["message"])
+            self.message.setdefault("content", [])
+            self.message.setdefault("usage", {})
+            self.started = True
+        elif kind == "content_block_start":
+            self._block_start(event["index"], copy.deepcopy(event["content_block"]))
+        elif kind == "content_block_delta":
+            self._block_delta(event["index"], event.get("delta") or {})
+        elif kind == "content_block_stop":
+            self._block_stop(event["index"])
+        elif kind == "message_delta":
+            delta = event.get("delta") or {}
+            for key in ("stop_reason", "stop_sequence"):
+                if key in delta:
+                    self.message[key] = delta[key]
+            usage = self.message.setdefault("usage", {})
+            for key, value in (event.get("usage") or {}).items():
+                if value is not None:
+                    usage[key] = value
+        elif kind == "message_stop":
+            self.finished = True
+        # ping and any event type we do not know: nothing to do.
+
+    @property
+    def content(self) -> list[dict[str, Any]]:
+        return self.message.get("content", [])
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> None:
+        content = self.message.setdefault("content", [])
+        while len(content) < index:  # never seen, but keep indexes aligned
+            content.append({"type": "text", "text": ""})
+        if index < len(content):
+            content[index] = block
+        else:
+            content.append(block)
+        if block.get("type") in ("tool_use", "server_tool_use"):
+            self._partial_json[index] = ""
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> None:
+        content = self.content
+        if index >= len(content):
+            return
+        block = content[index]
+        kind = delta.get("type")
+        if kind == "text_delta":
+            block["text"] = block.get("text", "") + delta.get("text", "")
+        elif kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+        elif kind == "signature_delta":
+            block["signature"] = delta.get("signature", "")
+        elif kind == "citations_delta":
+            block.setdefault("citations", []).append(delta.get("citation"))
+        elif kind == "input_json_delta":
+            self._partial_json[index] = self._partial_json.get(index, "") + delta.get(
+                "partial_json", ""
+            )
+        # unknown delta types are ignored
+
+    def _block_stop(self, index: int) -> None:
+        raw = self._partial_json.pop(index, None)
+        if raw is not None and index < len(self.content):
+            try:
+                self.content[index]["input"] = json.loads(raw) if raw else {}
+            except ValueError:
+                self.content[index]["input"] = {}
+
+
+def error_from_event(data: dict[str, Any]) -> UpstreamError:
+    error = data.get("error") or {}
+    return UpstreamError(
+        str(error.get("message") or "The API reported an error mid-stream."),
+        error_type=str(error.get("type") or "api_error"),
+        request_id=data.get("request_id"),
+    )
+
+
+class MessageStream:
+    """One streaming request. Use as `async with MessageStream(...) as stream`.
+
+    Entering sends the request and raises UpstreamError for a non-2xx answer or
+    a failed connection. Iterating yields each event's JSON data after it has
+    been fed to `stream.accumulator`; it raises UpstreamError for an `error`
+    event, a broken connection, or a stream that ends without `message_stop`.
+    The partial message stays readable in `stream.accumulator` in every case.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, config: UpstreamConfig, body: dict[str, Any]):
+        self.client = client
+        self.config = config
+        self.body = {**body, "stream": True}
+        self.accumulator = MessageAccumulator()
+        self.request_id: str | None = None
+        self._cm = None
+        self._source: EventSource | None = None
+
+    async def __aenter__(self) -> "MessageStream":
+        url = self.config.base_url.rstrip("/") + "/v1/messages"
+        self._cm = aconnect_sse(
+            self.client,
+            "POST",
+            url,
+            content=json.dumps(self.body).encode(),
+            headers=self.config.headers(),
+            timeout=self.config.timeout,
+        )
+        try:
+            self._source = await self._cm.__aenter__()
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(
+                "The API did not answer in time.", error_type="connection_error"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise UpstreamError(
+                f"Could not reach the API at {self.config.base_url} ({exc.__class__.__name__}).",
+                error_type="connection_error",
+            ) from exc
+        response = self._source.response
+        self.request_id = response.headers.get("request-id")
+        if response.status_code >= 300:
+            try:
+                body = await response.aread()
+            except httpx.HTTPError:
+                body = b""
+            await self._close()
+            raise error_from_response(response.status_code, response.headers, body)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._cm is not None:
+            cm, self._cm = self._cm, None
+            await cm.__aexit__(None, None, None)
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        assert self._source is not None, "use `async with` first"
+        try:
+            async for sse in self._source.aiter_sse():
+                try:
+                    data = json.loads(sse.data) if sse.data else {}
+                except ValueError:
+                    continue  # not JSON: not an event we know
+                if not isinstance(data, dict):
+                    continue
+                kind = data.get("type") or sse.event
+                data.setdefault("type", kind)
+                if kind == "error":
+                    error = error_from_event(data)
+                    error.request_id = error.request_id or self.request_id
+                    raise error
+                self.accumulator.feed(data)
+                yield data
+                if self.accumulator.finished:
+                    return
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(
+                "The API stopped sending before the answer was complete.",
+                error_type="stream_interrupted",
+                request_id=self.request_id,
+            ) from exc
+        except (httpx.TransportError, SSEError) as exc:
+            raise UpstreamError(
+                "The connection to the API broke before the answer was complete.",
+                error_type="stream_interrupted",
+                request_id=self.request_id,
+            ) from exc
+        raise UpstreamError(
+            "The API's stream ended before the answer was complete.",
+            error_type="stream_interrupted",
+            request_id=self.request_id,
+        )
+
+
+_clients: dict[tuple[asyncio.AbstractEventLoop, bool], httpx.AsyncClient] = {}
+
+
+def get_client(config: UpstreamConfig) -> httpx.AsyncClient:
+    """One pooled client per event loop (connections are reused across requests)."""
+    loop = asyncio.get_running_loop()
+    for stale in [key for key in _clients if key[0].is_closed()]:
+        del _clients[stale]
+    key = (loop, config.is_demo)
+    client = _clients.get(key)
+    if client is None:
+        if config.is_demo:
+            from .demo import DemoTransport
+
+            client = httpx.AsyncClient(transport=DemoTransport())
+        else:
+            client = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100)
+            )
+        _clients[key] = client
+    return client

@@ -1,0 +1,167 @@
+// The chat page: composer, socket, sidebar. Protocol: docs/websocket-protocol.md.
+
+import { ReconnectingSocket } from "./socket.js";
+import { Transcript } from "./transcript.js";
+
+const config = JSON.parse(document.getElementById("chat-config").textContent);
+const $ = (id) => document.getElementById(id);
+
+const form = $("composer");
+const box = $("message");
+const sendButton = $("send");
+const stopButton = $("stop");
+const alertBox = $("composer-alert");
+const connection = $("connection");
+
+let conversationId = config.conversationId;
+let pending = null; // client_id of the message waiting for the server's receipt
+
+const draftKey = () => `chat-draft:${conversationId || "new"}`;
+
+const transcript = new Transcript({
+  root: $("transcript"),
+  scroller: $("scroller"),
+  jump: $("jump"),
+  onGap: (id) => socket.send({ action: "resync", message: id }),
+  onStreamingChange: (streaming) => {
+    stopButton.hidden = !streaming;
+    sendButton.hidden = streaming;
+  },
+});
+
+const socket = new ReconnectingSocket({
+  path: () => (conversationId ? `/ws/chat/${conversationId}/` : config.wsPath),
+  onOpen: () => {},
+  onState: (state) => {
+    connection.textContent = {
+      connecting: "Connecting…",
+      open: "",
+      closed: "Reconnecting…",
+      gone: "This conversation no longer exists.",
+    }[state];
+    connection.dataset.state = state;
+  },
+  onMessage: (event) => handle(event),
+});
+
+function handle(event) {
+  switch (event.event) {
+    case "state":
+      if (transcript.reconcile(event.streaming) && conversationId) refreshTranscript();
+      break;
+    case "conversation.created":
+      conversationId = event.id;
+      history.replaceState(null, "", event.url);
+      moveDraft("new", conversationId);
+      break;
+    case "message.user":
+      $("welcome")?.remove();
+      transcript.addUserMessage(event.message);
+      updateSidebar(event.conversation);
+      if (event.client_id === pending) {
+        pending = null;
+        box.value = "";
+        localStorage.removeItem(draftKey());
+        resize();
+        showAlert("");
+      }
+      break;
+    case "message.start":
+    case "message.delta":
+    case "message.snapshot":
+    case "message.end":
+      transcript.onAnswerEvent(event);
+      break;
+    case "error":
+      if (!event.client_id || event.client_id === pending) pending = null;
+      showAlert(event.message);
+      break;
+  }
+  sendButton.disabled = pending !== null;
+}
+
+async function refreshTranscript() {
+  const response = await fetch(`/c/${conversationId}/transcript/`, { credentials: "same-origin" });
+  if (response.ok) {
+    transcript.replaceAll(await response.text());
+    socket.send({ action: "resync", message: "" });
+  }
+}
+
+function showAlert(text) {
+  alertBox.textContent = text;
+  alertBox.hidden = !text;
+}
+
+function send() {
+  const text = box.value;
+  if (!text.trim()) { showAlert("Type a message before sending."); box.focus(); return; }
+  if (pending || transcript.streaming) return;
+  if (!socket.isOpen) { showAlert("Not connected to the server. Your message is kept here: send it again once reconnected."); return; }
+  pending = crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random();
+  sendButton.disabled = true;
+  socket.send({ action: "send", text, client_id: pending });
+}
+
+function stop() {
+  socket.send({ action: "stop" });
+}
+
+function updateSidebar(conversation) {
+  if (!conversation) return;
+  const list = $("conversation-list");
+  $("no-conversations")?.remove();
+  let link = list.querySelector(`a[data-id="${CSS.escape(conversation.id)}"]`);
+  if (!link) {
+    link = document.createElement("a");
+    link.href = `/c/${conversation.id}/`;
+    link.dataset.id = conversation.id;
+    const item = document.createElement("li");
+    item.append(link);
+    list.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
+    link.setAttribute("aria-current", "page");
+  }
+  link.textContent = conversation.title;
+  list.prepend(link.parentElement);
+  $("chat-title").textContent = conversation.title;
+  document.title = `${conversation.title} · Claude Chat`;
+}
+
+function resize() {
+  box.style.height = "auto";
+  box.style.height = Math.min(box.scrollHeight, window.innerHeight * 0.4) + "px";
+}
+
+function moveDraft(from, to) {
+  const draft = localStorage.getItem(`chat-draft:${from}`);
+  localStorage.removeItem(`chat-draft:${from}`);
+  if (draft) localStorage.setItem(`chat-draft:${to}`, draft);
+}
+
+form.addEventListener("submit", (event) => { event.preventDefault(); send(); });
+stopButton.addEventListener("click", stop);
+box.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    send();
+  }
+});
+box.addEventListener("input", () => {
+  resize();
+  if (box.value) localStorage.setItem(draftKey(), box.value);
+  else localStorage.removeItem(draftKey());
+  if (box.value.trim()) showAlert("");
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && transcript.streaming) { event.preventDefault(); stop(); }
+});
+
+// Sidebar drawer at phone width.
+const app = $("app");
+$("open-sidebar").addEventListener("click", () => app.classList.add("sidebar-open"));
+$("close-sidebar").addEventListener("click", () => app.classList.remove("sidebar-open"));
+
+box.value = localStorage.getItem(draftKey()) || "";
+resize();
+showAlert("");
+box.focus();

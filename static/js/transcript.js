@@ -1,0 +1,332 @@
+// The transcript: message articles, live streaming, copy buttons, auto-scroll.
+//
+// Assistant HTML always comes from the server, already sanitized (nh3): it is
+// the one sanitizing path. The person's own text is set with textContent.
+//
+// Streaming: each event for an answer carries a sequence number. Finished
+// blocks arrive once as `append` HTML; only the unfinished tail is replaced on
+// each delta, so a long answer costs linear time. A late joiner gets a
+// snapshot (seq N) and drops the events it already contains.
+
+const STICK_DISTANCE = 80;
+
+export class Transcript {
+  constructor({ root, scroller, jump, onGap, onStreamingChange }) {
+    this.root = root;
+    this.scroller = scroller;
+    this.jump = jump;
+    this.onGap = onGap;
+    this.onStreamingChange = onStreamingChange;
+    this.live = new Map(); // message id -> {seq, synced, buffer}
+    this.stick = true;
+    scroller.addEventListener("scroll", () => {
+      this.stick = this.distanceFromBottom() < STICK_DISTANCE;
+      if (this.stick) this.jump.hidden = true;
+    }, { passive: true });
+    jump.addEventListener("click", () => this.scrollToBottom());
+    root.addEventListener("click", (event) => this.onClick(event));
+    root.querySelectorAll("pre").forEach(decorateCode);
+    root.querySelectorAll('article[data-status="streaming"]').forEach((article) => {
+      // Rendered from the database (up to a second old): wait for a snapshot.
+      this.live.set(article.dataset.id, { seq: -1, synced: false, buffer: [] });
+    });
+    this.scrollToBottom();
+  }
+
+  get streaming() {
+    return this.live.size > 0;
+  }
+
+  distanceFromBottom() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight;
+  }
+
+  scrollToBottom() {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+    this.stick = true;
+    this.jump.hidden = true;
+  }
+
+  // Call around every change: keeps the view pinned unless the reader scrolled up.
+  afterChange() {
+    if (this.stick) this.scroller.scrollTop = this.scroller.scrollHeight;
+    else this.jump.hidden = false;
+  }
+
+  article(id) {
+    return this.root.querySelector(`article[data-id="${CSS.escape(id)}"]`);
+  }
+
+  addUserMessage(message) {
+    if (this.article(message.id)) return;
+    const article = el("article", { class: "msg msg-user", "data-role": "user", "data-id": message.id, "data-status": message.status });
+    const bubble = el("div", { class: "bubble" });
+    bubble.textContent = message.text;
+    article.append(bubble);
+    this.root.append(article);
+    this.scrollToBottom();
+  }
+
+  startAnswer(id, seq) {
+    if (!this.article(id)) {
+      const article = el("article", { class: "msg msg-assistant", "data-role": "assistant", "data-id": id, "data-status": "streaming" });
+      const answer = el("div", { class: "answer" });
+      answer.append(typingIndicator(), actions());
+      article.append(el("div", { class: "avatar", "aria-hidden": "true" }), answer);
+      this.root.append(article);
+    }
+    if (!this.live.has(id)) this.live.set(id, { seq, synced: true, buffer: [] });
+    this.onStreamingChange(this.streaming);
+    this.afterChange();
+  }
+
+  // Every event about an answer goes through here, in arrival order.
+  onAnswerEvent(event) {
+    const id = event.message;
+    if (event.event === "message.start") return this.startAnswer(id, event.seq);
+    if (event.event === "message.end") return this.endAnswer(event);
+    let state = this.live.get(id);
+    if (!state) {
+      if (event.event !== "message.snapshot") return; // an answer we no longer follow
+      this.startAnswer(id, -1);
+      state = this.live.get(id);
+    }
+    if (event.event === "message.snapshot") {
+      if (!this.article(id)) this.startAnswer(id, -1);
+      this.applySnapshot(event);
+      state.seq = event.seq;
+      state.synced = true;
+      const later = state.buffer.filter((e) => e.seq > event.seq).sort((a, b) => a.seq - b.seq);
+      state.buffer = [];
+      later.forEach((e) => this.onAnswerEvent(e));
+      return;
+    }
+    if (!state.synced) { state.buffer.push(event); return; }
+    if (event.seq <= state.seq) return; // already shown (it was in the snapshot)
+    if (event.seq > state.seq + 1) {
+      // A gap: ask for a fresh snapshot and hold events until it arrives.
+      state.synced = false;
+      state.buffer.push(event);
+      this.onGap(id);
+      return;
+    }
+    state.seq = event.seq;
+    this.applyDelta(id, event.parts);
+  }
+
+  blockFor(article, part) {
+    const answer = article.querySelector(".answer");
+    let block = answer.querySelector(`[data-index="${part.index}"]`);
+    if (block) return block;
+    if (part.type === "thinking") {
+      block = el("details", { class: "thinking", "data-index": part.index, open: "" });
+      const summary = el("summary");
+      summary.textContent = "Thinking";
+      block.append(summary, streamingBody());
+    } else if (part.type === "redacted_thinking") {
+      block = el("p", { class: "redacted", "data-index": part.index });
+      block.textContent = "Some of the model's reasoning was redacted by the API.";
+    } else {
+      block = streamingBody();
+      block.dataset.index = part.index;
+    }
+    answer.insertBefore(block, answer.querySelector(".typing") || answer.querySelector(".actions"));
+    return block;
+  }
+
+  applyDelta(id, parts) {
+    const article = this.article(id);
+    if (!article) return;
+    for (const part of parts) {
+      const block = this.blockFor(article, part);
+      const body = block.matches(".md") ? block : block.querySelector(".md");
+      if (!body) continue;
+      body.dataset.raw = (body.dataset.raw || "") + part.text;
+      const committed = body.querySelector(":scope > .committed");
+      const tail = body.querySelector(":scope > .tail");
+      if (part.append) {
+        const template = document.createElement("template");
+        template.innerHTML = part.append; // sanitized on the server
+        template.content.querySelectorAll("pre").forEach(decorateCode);
+        committed.append(template.content);
+      }
+      tail.innerHTML = part.tail; // sanitized on the server
+      tail.querySelectorAll("pre").forEach(decorateCode);
+      if (part.type === "text") closeThinking(article);
+    }
+    this.afterChange();
+  }
+
+  applySnapshot(event) {
+    const article = this.article(event.message);
+    article.querySelectorAll(".answer > [data-index]").forEach((node) => node.remove());
+    for (const part of event.parts) {
+      const block = this.blockFor(article, part);
+      const body = block.matches(".md") ? block : block.querySelector(".md");
+      if (!body) continue;
+      body.dataset.raw = part.text;
+      body.querySelector(":scope > .committed").innerHTML = part.html;
+      body.querySelector(":scope > .tail").innerHTML = part.tail;
+      body.querySelectorAll("pre").forEach(decorateCode);
+    }
+    this.afterChange();
+  }
+
+  endAnswer(event) {
+    const id = event.message;
+    this.live.delete(id);
+    let article = this.article(id);
+    if (!article) {
+      this.startAnswer(id, event.seq);
+      this.live.delete(id);
+      article = this.article(id);
+    }
+    const answer = article.querySelector(".answer");
+    answer.replaceChildren();
+    for (const block of event.blocks) answer.append(finalBlock(block));
+    if (event.status === "error") {
+      const alert = el("div", { class: "alert", role: "alert" });
+      const strong = el("strong");
+      strong.textContent = "The answer failed.";
+      alert.append(strong, " " + event.error);
+      if (event.request_id) {
+        const rid = el("span", { class: "request-id" });
+        rid.textContent = `Request id: ${event.request_id}`;
+        alert.append(" ", rid);
+      }
+      answer.append(alert);
+    } else if (event.status === "stopped") {
+      answer.append(note("Stopped. The text above is what arrived before you stopped it."));
+    }
+    if (event.stop_reason === "max_tokens") answer.append(note("The answer reached its maximum length (max tokens)."));
+    if (event.stop_reason === "refusal") answer.append(note("The model declined to answer."));
+    answer.append(actions());
+    article.dataset.status = event.status;
+    this.onStreamingChange(this.streaming);
+    this.afterChange();
+  }
+
+  // After a reconnect: which answers are really still streaming.
+  reconcile(streamingIds) {
+    const still = new Set(streamingIds);
+    let stale = false;
+    for (const article of this.root.querySelectorAll('article[data-status="streaming"]')) {
+      if (!still.has(article.dataset.id)) stale = true;
+    }
+    for (const id of still) {
+      if (!this.live.has(id)) this.live.set(id, { seq: -1, synced: false, buffer: [] });
+      else this.live.get(id).synced = false;
+    }
+    this.onStreamingChange(this.streaming);
+    return stale; // true: something finished while we were away
+  }
+
+  replaceAll(html) {
+    const template = document.createElement("template");
+    template.innerHTML = html; // server-rendered transcript
+    template.content.querySelectorAll("pre").forEach(decorateCode);
+    this.root.replaceChildren(template.content);
+    this.live.clear();
+    this.root.querySelectorAll('article[data-status="streaming"]').forEach((article) => {
+      this.live.set(article.dataset.id, { seq: -1, synced: false, buffer: [] });
+    });
+    this.onStreamingChange(this.streaming);
+    this.afterChange();
+  }
+
+  onClick(event) {
+    const button = event.target.closest("button");
+    if (!button) return;
+    if (button.classList.contains("copy-code")) {
+      const code = button.closest(".code-block").querySelector("code");
+      copyText(code.textContent, button);
+    } else if (button.classList.contains("copy-message")) {
+      const article = button.closest("article");
+      const text = [...article.querySelectorAll(".answer > .md")].map((b) => b.dataset.raw || "").join("\n\n");
+      copyText(text, button);
+    }
+  }
+}
+
+function el(tag, attrs = {}) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  return node;
+}
+
+function streamingBody() {
+  const body = el("div", { class: "md", "data-raw": "" });
+  body.append(el("div", { class: "committed" }), el("div", { class: "tail" }));
+  return body;
+}
+
+function finalBlock(block) {
+  if (block.type === "redacted_thinking") {
+    const p = el("p", { class: "redacted", "data-index": block.index });
+    p.textContent = "Some of the model's reasoning was redacted by the API.";
+    return p;
+  }
+  const body = el("div", { class: "md", "data-raw": block.text });
+  body.innerHTML = block.html; // sanitized on the server
+  body.querySelectorAll("pre").forEach(decorateCode);
+  if (block.type !== "thinking") {
+    body.dataset.index = block.index;
+    return body;
+  }
+  const details = el("details", { class: "thinking", "data-index": block.index });
+  const summary = el("summary");
+  summary.textContent = "Thinking";
+  details.append(summary, body);
+  return details;
+}
+
+function closeThinking(article) {
+  article.querySelectorAll("details.thinking[open]").forEach((d) => { d.open = false; });
+}
+
+function typingIndicator() {
+  const typing = el("div", { class: "typing", "aria-label": "Claude is answering" });
+  typing.append(el("span"), el("span"), el("span"));
+  return typing;
+}
+
+function note(text) {
+  const p = el("p", { class: "note" });
+  p.textContent = text;
+  return p;
+}
+
+function actions() {
+  const bar = el("div", { class: "actions" });
+  const copy = el("button", { type: "button", class: "icon-button copy-message", "aria-label": "Copy message", title: "Copy message" });
+  copy.textContent = "Copy";
+  bar.append(copy);
+  return bar;
+}
+
+export function decorateCode(pre) {
+  if (pre.parentElement && pre.parentElement.classList.contains("code-block")) return;
+  const wrapper = el("div", { class: "code-block" });
+  const bar = el("div", { class: "code-bar" });
+  const lang = el("span", { class: "code-lang" });
+  const code = pre.querySelector("code");
+  const match = code && /language-([\w+#-]+)/.exec(code.className);
+  lang.textContent = match ? match[1] : "text";
+  const button = el("button", { type: "button", class: "copy-code", "aria-label": "Copy code" });
+  button.textContent = "Copy code";
+  bar.append(lang, button);
+  pre.replaceWith(wrapper);
+  wrapper.append(bar, pre);
+}
+
+async function copyText(text, button) {
+  const label = button.textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+  } catch {
+    button.textContent = "Copy failed";
+  }
+  setTimeout(() => { button.textContent = label; }, 1500);
+}
