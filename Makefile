@@ -2,8 +2,6 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-HOST ?= 127.0.0.1
-PORT ?= 8000
 STAMP := $(VENV)/.installed
 
 .PHONY: run test bench migrate install clean
@@ -17,12 +15,13 @@ $(STAMP): requirements.txt
 install: $(STAMP)
 
 migrate: $(STAMP)
-	$(PY) manage.py migrate --noinput
+	@set -a; if [ -f .env ]; then . ./.env; fi; set +a; $(PY) manage.py migrate --noinput
 
 run: migrate
-	@set -a; [ -f .env ] && . ./.env; set +a; \
-	echo "Serving on http://$(HOST):$(PORT)/"; \
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	@set -a; if [ -f .env ]; then . ./.env; fi; set +a; \
+	host="$${HOST:-127.0.0.1}"; port="$${PORT:-8000}"; \
+	echo "Serving on http://$$host:$$port/"; \
+	exec $(VENV)/bin/daphne -b "$$host" -p "$$port" chatsite.asgi:application
 
 test: $(STAMP)
 	$(PY) manage.py migrate --noinput >/dev/null

@@ -174,7 +174,9 @@ class MessageAccumulator:
         elif kind == "signature_delta":
             block["signature"] = delta.get("signature", "")
         elif kind == "citations_delta":
-            block.setdefault("citations", []).append(delta.get("citation"))
+            if not block.get("citations"):
+                block["citations"] = []
+            block["citations"].append(delta.get("citation"))
         elif kind == "input_json_delta":
             self._partial_json[index] = self._partial_json.get(index, "") + delta.get(
                 "partial_json", ""

@@ -1,0 +1,144 @@
+"""Model output is untrusted: one sanitizing path, rendered incrementally."""
+
+import random
+from html.parser import HTMLParser
+
+import pytest
+
+from conversations.markdown import StreamingMarkdown, render
+
+HOSTILE = [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(1)">',
+    "[click](javascript:alert(1))",
+    '<a href="javascript:alert(1)">x</a>',
+    "![img](javascript:alert(1))",
+    '<iframe src="https://evil.example"></iframe>',
+    "<svg onload=alert(1)>",
+    "[x](JaVaScRiPt:alert(1))",
+    "[d](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    '<div style="background:url(javascript:alert(1))">s</div>',
+]
+
+
+class ElementCollector(HTMLParser):
+    """The elements and attributes a browser would build from the HTML."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements = []
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+
+
+def elements(html):
+    collector = ElementCollector()
+    collector.feed(html)
+    return collector.elements
+
+
+@pytest.mark.parametrize("source", HOSTILE)
+def test_hostile_markup_never_survives(source):
+    for tag, attrs in elements(render(source)):
+        assert tag not in {"script", "iframe", "svg", "div", "object", "embed", "style"}
+        assert not [name for name in attrs if name.startswith("on")]
+        for name in ("href", "src"):
+            url = (attrs.get(name) or "").strip().lower()
+            assert not url.startswith(("javascript:", "data:", "vbscript:"))
+        assert "url(" not in (attrs.get("style") or "")
+
+
+def test_raw_html_is_shown_as_text():
+    assert render("<b>hi</b>") == "<p>&lt;b&gt;hi&lt;/b&gt;</p>\n"
+
+
+def test_markdown_features_render():
+    html = render("# Title\n\n**bold** *em* `code` ~~gone~~\n\n- a\n- b\n\n| h |\n|---|\n| c |\n\n[link](https://example.com)")
+    for fragment in ("<h1>Title</h1>", "<strong>bold</strong>", "<em>em</em>", "<code>code</code>", "<s>gone</s>", "<li>a</li>", "<td>c</td>"):
+        assert fragment in html
+    assert '<a href="https://example.com" rel="noopener noreferrer nofollow">link</a>' in html
+
+
+def test_code_blocks_are_highlighted_and_escaped():
+    html = render("```python\nprint('<b>hi</b>')\n```")
+    assert 'class="language-python"' in html and "hl-nb" in html
+    assert "&lt;b&gt;" in html and "<b>" not in html
+
+
+def test_unknown_language_is_plain_escaped_code():
+    html = render("```nosuchlang\n<x>\n```")
+    assert "&lt;x&gt;" in html
+
+
+SAMPLE = """Intro paragraph
+continues here.
+
+## Heading
+
+- one
+- two
+
+  still two
+
+1. first
+2. second
+
+```js
+let a = 1;
+
+let b = 2;
+```
+
+> quoted
+> more
+
+| a | b |
+|---|---|
+| 1 | 2 |
+
+Final *words*."""
+
+
+def stream(text, sizes):
+    renderer = StreamingMarkdown()
+    appended, position = [], 0
+    for size in sizes:
+        renderer.feed(text[position : position + size])
+        position += size
+        append, _tail = renderer.flush()
+        appended.append(append)
+    renderer.feed(text[position:])
+    appended.append(renderer.finish())
+    return "".join(appended)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_streamed_rendering_matches_the_full_rendering(seed):
+    rng = random.Random(seed)
+    sizes = [rng.randint(1, 12) for _ in range(len(SAMPLE))]
+    assert stream(SAMPLE, sizes) == render(SAMPLE)
+
+
+def test_character_by_character_stream_matches_too():
+    assert stream(SAMPLE, [1] * len(SAMPLE)) == render(SAMPLE)
+
+
+def test_finished_blocks_are_handed_out_once_and_the_tail_stays_small():
+    renderer = StreamingMarkdown()
+    paragraphs = [f"Paragraph number {i} with some words." for i in range(200)]
+    longest_tail = 0
+    for paragraph in paragraphs:
+        renderer.feed(paragraph + "\n\n")
+        _append, tail = renderer.flush()
+        longest_tail = max(longest_tail, len(renderer.text) - renderer.committed)
+    assert longest_tail < 100, "only the unfinished last block is re-rendered"
+    assert renderer.committed > len(renderer.text) - 100
+
+
+def test_snapshot_is_committed_part_and_tail():
+    renderer = StreamingMarkdown()
+    renderer.feed("First block.\n\nSecond bl")
+    renderer.flush()
+    html, tail = renderer.snapshot()
+    assert html == render("First block.\n\n") and tail == render("Second bl")
