@@ -165,6 +165,22 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 200_000)
 # partial answer is written to the database at least this often.
 CHAT_FLUSH_INTERVAL = 0.04
 CHAT_SAVE_INTERVAL = 1.0
+# Failures before the first byte (connection errors, 408, 409, 429, 5xx) are
+# retried this many times, with exponential backoff from this base (seconds).
+CHAT_UPSTREAM_MAX_RETRIES = env_int("CHAT_UPSTREAM_MAX_RETRIES", 2)
+CHAT_RETRY_BASE_DELAY = 0.5
+# The longest silence tolerated inside a stream (seconds). A model that thinks
+# for a long time is not a failure: the default matches the SDKs' ten minutes.
+CHAT_UPSTREAM_READ_TIMEOUT = float(env_int("CHAT_UPSTREAM_READ_TIMEOUT", 600))
+# A running answer is saved at least this often even when nothing arrives, so an
+# answer silent for CHAT_STALE_AFTER seconds lost its process: it is marked
+# interrupted by the periodic check (every CHAT_SWEEP_INTERVAL seconds).
+CHAT_STALE_AFTER = env_int("CHAT_STALE_AFTER", 30)
+CHAT_HEARTBEAT_INTERVAL = min(5.0, CHAT_STALE_AFTER / 3)
+CHAT_SWEEP_INTERVAL = min(10.0, CHAT_STALE_AFTER / 2)
+# Per-user limits.
+CHAT_MAX_CONCURRENT_GENERATIONS = env_int("CHAT_MAX_CONCURRENT_GENERATIONS", 3)
+CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)
 
 LOGGING = {
     "version": 1,

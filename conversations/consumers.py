@@ -1,7 +1,7 @@
 """The chat websocket: one socket per open conversation page.
 
 Client → server: {"action": "send", "text", "client_id"} · {"action": "stop"} ·
-{"action": "resync", "message"}. Server → client: {"event": ...} payloads
+{"action": "retry", "message"} · {"action": "resync", "message"}. Server → client: {"event": ...} payloads
 (see docs/websocket-protocol.md). Generation runs in a task of its own
 (generation.py); this consumer only checks access, saves, starts, relays.
 """
@@ -16,8 +16,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import transaction
 
-from .generation import start_generation
-from .models import Conversation, Message
+from .generation import ensure_sweeper, start_generation
+from .models import Conversation, LimitReached, Message
 
 
 class ChatError(Exception):
@@ -40,12 +40,15 @@ def _create_conversation(user) -> tuple[int, str, str]:
 def _begin_turn(conversation_pk: int, text: str) -> dict[str, Any]:
     """Save the person's message and an empty streaming answer, atomically.
 
-    Refuses while another answer in this conversation is still streaming.
+    Refuses while another answer in this conversation is still streaming, or
+    when the owner is at a per-user limit.
     """
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
-        if conversation.streaming_message():
-            raise ChatError("Wait for the current answer to finish, or stop it, before sending another message.")
+        try:
+            conversation.check_limits()
+        except LimitReached as exc:
+            raise ChatError(str(exc)) from None
         user_message = conversation.add_user_message(text)
         assistant = conversation.start_assistant_message()
         body = conversation.request_body()
@@ -56,6 +59,24 @@ def _begin_turn(conversation_pk: int, text: str) -> dict[str, Any]:
         "title": conversation.display_title,
         "body": body,
     }
+
+
+def _begin_retry(conversation_pk: int, message_id: str) -> dict[str, Any]:
+    """Write the conversation's last answer again, after a failure or a stop."""
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
+        last = conversation.messages.order_by("-created_at", "-pk").first()
+        if last is None or str(last.public_id) != message_id or last.role != Message.Role.ASSISTANT:
+            raise ChatError("Only the last answer can be retried.")
+        if last.status not in Message.RETRYABLE:
+            raise ChatError("This answer is complete; there is nothing to retry.")
+        try:
+            conversation.check_limits()
+        except LimitReached as exc:
+            raise ChatError(str(exc)) from None
+        last.reset_for_retry()
+        body = conversation.request_body()
+    return {"assistant_pk": last.pk, "assistant_id": str(last.public_id), "body": body}
 
 
 def _streaming_workers(conversation_pk: int) -> list[tuple[str, str]]:
@@ -69,6 +90,7 @@ def _streaming_workers(conversation_pk: int) -> list[tuple[str, str]]:
 load_conversation = database_sync_to_async(_load_conversation)
 create_conversation = database_sync_to_async(_create_conversation)
 begin_turn = database_sync_to_async(_begin_turn)
+begin_retry = database_sync_to_async(_begin_retry)
 streaming_workers = database_sync_to_async(_streaming_workers)
 
 
@@ -94,6 +116,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.conversation_pk, self.conversation_id = found
             await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        ensure_sweeper()
         if self.conversation_pk is not None:
             await self.catch_up()
 
@@ -122,6 +145,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_message(content)
             elif action == "stop":
                 await self.stop()
+            elif action == "retry" and self.conversation_pk is not None:
+                await self.retry(str(content.get("message") or ""))
             elif action == "resync" and self.conversation_pk is not None:
                 await self.catch_up(only=str(content.get("message") or "") or None)
             else:
@@ -155,6 +180,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 },
             },
         )
+        await self.start_answer(turn)
+
+    async def retry(self, message_id: str) -> None:
+        await self.start_answer(await begin_retry(self.conversation_pk, message_id))
+
+    async def start_answer(self, turn: dict[str, Any]) -> None:
         await self.channel_layer.group_send(
             self.group,
             {"type": "chat.event", "payload": {"event": "message.start", "message": turn["assistant_id"], "seq": 0}},

@@ -15,14 +15,23 @@ import logging
 import time
 from typing import Any
 
+import httpx
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
 from .markdown import StreamingMarkdown
-from .models import USAGE_FIELDS, Message, client_blocks
-from .upstream import MessageStream, UpstreamConfig, UpstreamError, get_client
+from .models import USAGE_FIELDS, Message
+from .upstream import (
+    MessageStream,
+    UpstreamConfig,
+    UpstreamError,
+    describe_error,
+    get_client,
+    is_retryable,
+    retry_delay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,9 @@ def upstream_config() -> UpstreamConfig:
         base_url=settings.ANTHROPIC_BASE_URL,
         api_key=settings.ANTHROPIC_API_KEY,
         auth_token=settings.ANTHROPIC_AUTH_TOKEN,
+        timeout=httpx.Timeout(
+            connect=10.0, read=settings.CHAT_UPSTREAM_READ_TIMEOUT, write=60.0, pool=30.0
+        ),
     )
 
 
@@ -44,6 +56,10 @@ def _claim_worker_channel(message_pk: int, channel: str) -> None:
     Message.objects.filter(pk=message_pk).update(worker_channel=channel)
 
 
+def _heartbeat(message_pk: int) -> None:
+    Message.objects.filter(pk=message_pk).update(updated_at=timezone.now())
+
+
 def _save_partial(message_pk: int, content: list, usage: dict, upstream_id: str) -> None:
     message = Message.objects.get(pk=message_pk)
     message.content = content
@@ -52,7 +68,7 @@ def _save_partial(message_pk: int, content: list, usage: dict, upstream_id: str)
     message.save(update_fields=["content", "upstream_id", "updated_at", *usage_fields(usage)])
 
 
-def _finish(message_pk: int, fields: dict[str, Any], usage: dict) -> None:
+def _finish(message_pk: int, fields: dict[str, Any], usage: dict) -> dict[str, Any]:
     message = Message.objects.select_related("conversation").get(pk=message_pk)
     for name, value in fields.items():
         setattr(message, name, value)
@@ -61,6 +77,11 @@ def _finish(message_pk: int, fields: dict[str, Any], usage: dict) -> None:
     message.completed_at = timezone.now()
     message.save()
     message.conversation.touch()
+    return message.end_event()
+
+
+def _recover_interrupted() -> list[tuple[str, dict[str, Any]]]:
+    return Message.objects.mark_interrupted(settings.CHAT_STALE_AFTER)
 
 
 def usage_fields(usage: dict) -> list[str]:
@@ -69,7 +90,9 @@ def usage_fields(usage: dict) -> list[str]:
 
 claim_worker_channel = database_sync_to_async(_claim_worker_channel)
 save_partial = database_sync_to_async(_save_partial)
+heartbeat = database_sync_to_async(_heartbeat)
 finish = database_sync_to_async(_finish)
+recover_interrupted = database_sync_to_async(_recover_interrupted)
 
 
 # --- the task ---------------------------------------------------------------
@@ -157,27 +180,55 @@ class Generation:
         self.version += 1
 
     async def _stream(self) -> None:
+        """Stream the answer; retry failures that happen before the first byte."""
         config = upstream_config()
-        async with MessageStream(get_client(config), config, self.body) as stream:
-            self.stream = stream
-            async for event in stream:
-                self.on_event(event)
+        attempt = 0
+        while True:
+            try:
+                async with MessageStream(get_client(config), config, self.body) as stream:
+                    self.stream = stream
+                    async for event in stream:
+                        self.on_event(event)
+                return
+            except UpstreamError as exc:
+                retries = settings.CHAT_UPSTREAM_MAX_RETRIES
+                if self.stream is not None or attempt >= retries or not is_retryable(exc):
+                    raise
+                attempt += 1
+                delay = retry_delay(exc, attempt, base=settings.CHAT_RETRY_BASE_DELAY)
+                log.info("generation %s: retry %d/%d in %.1fs after %r", self.message_id, attempt, retries, delay, exc)
+                await self.publish(
+                    self._next(
+                        "message.retry",
+                        attempt=attempt,
+                        retries=retries,
+                        delay=round(delay, 2),
+                        reason=describe_error(exc.error_type, exc.message),
+                    )
+                )
+                await asyncio.sleep(delay)
 
     async def _tick(self) -> None:
         last_save = time.monotonic()
         while True:
             await asyncio.sleep(settings.CHAT_FLUSH_INTERVAL)
             await self.flush()
-            if time.monotonic() - last_save >= settings.CHAT_SAVE_INTERVAL:
+            since = time.monotonic() - last_save
+            changed = self.version != self.saved_version
+            if (changed and since >= settings.CHAT_SAVE_INTERVAL) or since >= settings.CHAT_HEARTBEAT_INTERVAL:
                 last_save = time.monotonic()
-                await self._save_if_changed()
+                await self._save()
 
-    async def _save_if_changed(self) -> None:
-        if self.stream is None or self.version == self.saved_version:
-            return
+    async def _save(self) -> None:
+        """Save the partial answer; when nothing changed, this is the heartbeat."""
         self.saved_version = self.version
+        if self.stream is None:
+            await heartbeat(self.message_pk)
+            return
         acc = self.stream.accumulator
-        await save_partial(self.message_pk, _copy_content(acc.content), dict(acc.message.get("usage", {})), acc.message.get("id", ""))
+        await save_partial(
+            self.message_pk, _copy_content(acc.content), dict(acc.message.get("usage", {})), acc.message.get("id", "")
+        )
 
     async def _listen(self, channel: str, stream_task: asyncio.Task) -> None:
         while True:
@@ -210,7 +261,7 @@ class Generation:
             fields = {
                 "status": Message.Status.ERROR,
                 "error_type": exc.error_type,
-                "error": exc.message,
+                "error": describe_error(exc.error_type, exc.message),
                 "request_id": exc.request_id or "",
             }
         except Exception as exc:  # a bug of ours: never leave the message streaming
@@ -232,19 +283,8 @@ class Generation:
             fields["upstream_id"] = acc.message["id"]
         if self.stream and self.stream.request_id and not fields.get("request_id"):
             fields["request_id"] = self.stream.request_id
-        await finish(self.message_pk, fields, usage)
-        await self.publish(
-            self._next(
-                "message.end",
-                status=fields["status"],
-                stop_reason=fields.get("stop_reason", ""),
-                blocks=client_blocks(content),
-                usage={name: usage.get(name, 0) for name in USAGE_FIELDS},
-                error=fields.get("error", ""),
-                error_type=fields.get("error_type", ""),
-                request_id=fields.get("request_id", ""),
-            )
-        )
+        end = await finish(self.message_pk, fields, usage)
+        await self.publish(self._next(end.pop("event"), **end))
 
 
 def _copy_content(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -258,6 +298,37 @@ def start_generation(*, message_pk: int, message_id: str, group: str, body: dict
     _running.add(task)
     task.add_done_callback(_running.discard)
     return task
+
+
+async def sweep_once() -> int:
+    """Mark answers whose process died interrupted, and tell their open pages."""
+    layer = get_channel_layer()
+    recovered = await recover_interrupted()
+    for group, event in recovered:
+        await layer.group_send(group, {"type": "chat.event", "payload": event})
+    return len(recovered)
+
+
+_sweepers: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+
+
+async def _sweep_forever() -> None:
+    while True:
+        try:
+            count = await sweep_once()
+            if count:
+                log.warning("marked %d interrupted answer(s) whose process had stopped", count)
+        except Exception:  # the database may be briefly away: try again next round
+            log.exception("checking for interrupted answers failed")
+        await asyncio.sleep(settings.CHAT_SWEEP_INTERVAL)
+
+
+def ensure_sweeper() -> None:
+    """Start this process's periodic check for interrupted answers, once per event loop."""
+    loop = asyncio.get_running_loop()
+    task = _sweepers.get(loop)
+    if task is None or task.done():
+        _sweepers[loop] = loop.create_task(_sweep_forever(), name="interrupted-answer-sweeper")
 
 
 async def wait_for_generations(timeout: float = 10.0) -> None:

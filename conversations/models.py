@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +20,10 @@ USAGE_FIELDS = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
 )
+
+
+class LimitReached(Exception):
+    """A per-user limit refuses a new answer; the text says which and for how long."""
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -73,9 +78,6 @@ class Conversation(models.Model):
         self.updated_at = timezone.now()
         Conversation.objects.filter(pk=self.pk).update(updated_at=self.updated_at)
 
-    def streaming_message(self) -> "Message | None":
-        return self.messages.filter(status=Message.Status.STREAMING).order_by("-created_at").first()
-
     def add_user_message(self, text: str) -> "Message":
         """Save the person's message (before anything goes upstream)."""
         with transaction.atomic():
@@ -91,6 +93,30 @@ class Conversation(models.Model):
             Conversation.objects.filter(pk=self.pk).update(**fields)
             self.updated_at = message.created_at
         return message
+
+    def check_limits(self) -> None:
+        """Refuse a new answer when the owner is at a per-user limit."""
+        mine = Message.objects.filter(conversation__owner_id=self.owner_id)
+        if self.messages.filter(status=Message.Status.STREAMING).exists():
+            raise LimitReached("Wait for the current answer to finish, or stop it, before sending another message.")
+        running = mine.filter(status=Message.Status.STREAMING).count()
+        if running >= settings.CHAT_MAX_CONCURRENT_GENERATIONS:
+            raise LimitReached(
+                f"You already have {running} answers being written at once, the most allowed. "
+                "Wait for one to finish (or stop it), then send again."
+            )
+        window = timezone.now() - timedelta(seconds=60)
+        recent = list(
+            mine.filter(role=Message.Role.USER, created_at__gte=window)
+            .order_by("created_at")
+            .values_list("created_at", flat=True)[: settings.CHAT_MESSAGES_PER_MINUTE]
+        )
+        if len(recent) >= settings.CHAT_MESSAGES_PER_MINUTE:
+            wait = max(1, int((recent[0] + timedelta(seconds=60) - timezone.now()).total_seconds()) + 1)
+            raise LimitReached(
+                f"You have sent {settings.CHAT_MESSAGES_PER_MINUTE} messages in the last minute, the most allowed. "
+                f"Try again in {wait} seconds."
+            )
 
     def start_assistant_message(self) -> "Message":
         return self.messages.create(
@@ -143,6 +169,40 @@ def title_from_text(text: str) -> str:
     return cut + "…"
 
 
+class MessageQuerySet(models.QuerySet):
+    def stale_streaming(self, older_than_seconds: float) -> "MessageQuerySet":
+        """Answers still marked streaming whose writer has not saved for a while.
+
+        A running generation saves at least every heartbeat interval, so one
+        that has been silent for longer than `older_than_seconds` lost its
+        process (a crash, a kill, a restart).
+        """
+        cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+        return self.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
+
+    def mark_interrupted(self, older_than_seconds: float) -> list[tuple[str, dict[str, Any]]]:
+        """Mark stale streaming answers interrupted, keeping their saved text.
+
+        Returns (group name, message.end event) for each, to tell open pages.
+        """
+        from .upstream import describe_error
+
+        recovered = []
+        for message in self.stale_streaming(older_than_seconds).select_related("conversation"):
+            updated = Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
+                status=Message.Status.INTERRUPTED,
+                error_type="interrupted",
+                error=describe_error("interrupted"),
+                worker_channel="",
+                completed_at=timezone.now(),
+                updated_at=timezone.now(),
+            )
+            if updated:
+                message.refresh_from_db()
+                recovered.append((message.conversation.group_name, message.end_event()))
+        return recovered
+
+
 class Message(models.Model):
     class Role(models.TextChoices):
         USER = "user"
@@ -153,12 +213,13 @@ class Message(models.Model):
         COMPLETE = "complete"
         STOPPED = "stopped"
         ERROR = "error"
+        INTERRUPTED = "interrupted"  # the process writing it died mid-stream
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=10, choices=Role.choices)
     content = models.JSONField(default=list, blank=True)  # the API's content blocks
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.COMPLETE)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
     model = models.CharField(max_length=100, blank=True)
     stop_reason = models.CharField(max_length=40, blank=True)
     stop_sequence = models.CharField(max_length=200, blank=True)
@@ -177,8 +238,16 @@ class Message(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
+    # Answers that "Retry" may write again.
+    RETRYABLE = (Status.ERROR, Status.INTERRUPTED, Status.STOPPED)
+
+    objects = MessageQuerySet.as_manager()
+
     class Meta:
-        indexes = [models.Index(fields=["conversation", "created_at"], name="msg_conversation_order")]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"], name="msg_conversation_order"),
+            models.Index(fields=["status", "updated_at"], name="msg_status_recent"),
+        ]
         ordering = ["created_at", "pk"]
 
     def __str__(self) -> str:
@@ -227,6 +296,31 @@ class Message(models.Model):
             if blocks:
                 blocks[-1] = {"type": "text", "text": blocks[-1]["text"].rstrip()}
         return blocks
+
+    def reset_for_retry(self) -> None:
+        """Empty this answer so that a new generation writes it again."""
+        self.content = []
+        self.status = Message.Status.STREAMING
+        self.stop_reason = self.stop_sequence = self.error = self.error_type = ""
+        self.upstream_id = self.request_id = self.worker_channel = ""
+        self.set_usage({name: 0 for name in USAGE_FIELDS})
+        self.completed_at = None
+        self.model = self.conversation.model
+        self.save()
+
+    def end_event(self) -> dict[str, Any]:
+        """The `message.end` event for a finished answer (see docs/websocket-protocol.md)."""
+        return {
+            "event": "message.end",
+            "message": str(self.public_id),
+            "status": self.status,
+            "stop_reason": self.stop_reason,
+            "blocks": client_blocks(self.content),
+            "usage": self.usage,
+            "error": self.error,
+            "error_type": self.error_type,
+            "request_id": self.request_id,
+        }
 
     def to_client(self) -> dict[str, Any]:
         """Plain data for the browser (rendered, sanitized HTML; never raw HTML)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -72,6 +73,58 @@ class UpstreamError(Exception):
 
     def __repr__(self) -> str:
         return f"UpstreamError({self.error_type!r}, {self.message!r}, status={self.status})"
+
+
+RETRYABLE_STATUSES = {408, 409, 429}
+MAX_RETRY_AFTER = 60.0
+
+# What the person is told for each error type (the API's own message is
+# specific for invalid requests, so it is shown as is).
+ERROR_SENTENCES = {
+    "authentication_error": "The server's API key is missing or wrong: please tell an administrator.",
+    "billing_error": "The API account has a billing problem: please tell an administrator.",
+    "permission_error": "The server's API key may not use this model or feature.",
+    "not_found_error": "The API does not know this model or endpoint.",
+    "request_too_large": "The conversation with its attachments is larger than the API's 32 MB request limit.",
+    "rate_limit_error": "The API is rate-limiting this server right now. Wait a moment, then retry.",
+    "api_error": "The API had an internal error. Retry in a moment.",
+    "timeout_error": "The API timed out. Retry in a moment.",
+    "overloaded_error": "The API is overloaded right now. Retry in a moment.",
+    "connection_error": "Could not reach the API.",
+    "stream_interrupted": "The connection to the API broke before the answer was complete.",
+    "interrupted": "The server stopped while this answer was being written.",
+}
+
+
+def describe_error(error_type: str, message: str = "") -> str:
+    """One clear sentence for the person; the API's words where they are the point."""
+    if error_type == "invalid_request_error":
+        return f"The API refused the request: {message}" if message else "The API refused the request."
+    sentence = ERROR_SENTENCES.get(error_type)
+    if sentence is None:
+        return message or "The API reported an error."
+    if error_type in ("not_found_error", "connection_error") and message:
+        return f"{sentence} ({message})"
+    return sentence
+
+
+def is_retryable(error: "UpstreamError") -> bool:
+    """The SDKs' policy: connection errors, 408, 409, 429 and every 5xx (so 529)."""
+    if error.error_type == "connection_error":
+        return True
+    return error.status is not None and (error.status in RETRYABLE_STATUSES or error.status >= 500)
+
+
+def retry_delay(error: "UpstreamError", attempt: int, base: float = 0.5, rand: float | None = None) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...).
+
+    Honours retry-after up to a minute; otherwise exponential backoff capped at
+    8 s with up to 25 % jitter, like the official SDKs.
+    """
+    if error.retry_after is not None and error.retry_after <= MAX_RETRY_AFTER:
+        return error.retry_after
+    jitter = 1 - 0.25 * (random.random() if rand is None else rand)
+    return min(base * 2 ** (attempt - 1), 8.0) * jitter
 
 
 def error_from_response(status: int, headers: httpx.Headers, body: bytes) -> UpstreamError:

@@ -172,14 +172,15 @@ async def test_closing_the_socket_does_not_stop_the_answer(alice, fake_upstream)
 
 
 async def test_upstream_error_status_is_saved_and_shown(alice, fake_upstream):
-    fake_upstream.enqueue(error_reply(529, "overloaded_error", "Overloaded", request_id="req_busy"))
+    fake_upstream.enqueue(error_reply(400, "invalid_request_error", "max_tokens: too large", request_id="req_busy"))
     conversation = await new_conversation(alice)
     socket = await connect(alice, conversation)
     await socket.send_json_to({"action": "send", "text": "Hi", "client_id": "c1"})
     end = await receive_until(socket, "message.end")
     await socket.disconnect()
-    assert end["status"] == "error" and end["error_type"] == "overloaded_error"
-    assert "Overloaded" in end["error"] and end["request_id"] == "req_busy"
+    assert end["status"] == "error" and end["error_type"] == "invalid_request_error"
+    assert end["error"] == "The API refused the request: max_tokens: too large"
+    assert end["request_id"] == "req_busy"
     user, answer = await messages_of(conversation)
     assert user.text == "Hi", "the person's message is never lost"
     assert answer.status == "error" and answer.request_id == "req_busy"
@@ -290,3 +291,18 @@ async def test_outsider_cannot_stop_or_see_someone_elses_answer(alice, bob, fake
     assert end["status"] == "complete"
     await owner.disconnect()
     await intruder.disconnect()
+
+
+async def test_partial_answer_is_saved_while_it_streams(alice, fake_upstream, settings):
+    gate = Gate()
+    fake_upstream.enqueue(text_reply(["Saved ", "while ", "streaming", " end"], gate_after=3, gate=gate))
+    conversation = await new_conversation(alice)
+    socket = await connect(alice, conversation)
+    await socket.send_json_to({"action": "send", "text": "Hi", "client_id": "c1"})
+    await asyncio.to_thread(gate.reached.wait, 5)
+    await asyncio.sleep(settings.CHAT_SAVE_INTERVAL + 0.3)
+    _, answer = await messages_of(conversation)
+    assert answer.status == "streaming" and answer.text == "Saved while streaming"
+    gate.open()
+    await receive_until(socket, "message.end")
+    await socket.disconnect()

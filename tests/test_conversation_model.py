@@ -82,4 +82,4 @@ def test_first_message_titles_the_conversation_and_touches_it(alice):
 
 
 def test_message_status_values():
-    assert set(Message.Status.values) == {"streaming", "complete", "stopped", "error"}
+    assert set(Message.Status.values) == {"streaming", "complete", "stopped", "error", "interrupted"}

@@ -23,6 +23,7 @@ const transcript = new Transcript({
   scroller: $("scroller"),
   jump: $("jump"),
   onGap: (id) => socket.send({ action: "resync", message: id }),
+  onRetry: (id) => { showAlert(""); socket.send({ action: "retry", message: id }); },
   onStreamingChange: (streaming) => {
     stopButton.hidden = !streaming;
     sendButton.hidden = streaming;
@@ -67,6 +68,7 @@ function handle(event) {
       }
       break;
     case "message.start":
+    case "message.retry":
     case "message.delta":
     case "message.snapshot":
     case "message.end":

@@ -11,8 +11,9 @@
 const STICK_DISTANCE = 80;
 
 export class Transcript {
-  constructor({ root, scroller, jump, onGap, onStreamingChange }) {
+  constructor({ root, scroller, jump, onGap, onStreamingChange, onRetry }) {
     this.root = root;
+    this.onRetry = onRetry;
     this.scroller = scroller;
     this.jump = jump;
     this.onGap = onGap;
@@ -69,7 +70,13 @@ export class Transcript {
   }
 
   startAnswer(id, seq) {
-    if (!this.article(id)) {
+    const existing = this.article(id);
+    if (existing && existing.dataset.status !== "streaming") {
+      // "Retry" writes the same answer again: start from empty.
+      existing.dataset.status = "streaming";
+      existing.querySelector(".answer").replaceChildren(typingIndicator(), actions());
+    }
+    if (!existing) {
       const article = el("article", { class: "msg msg-assistant", "data-role": "assistant", "data-id": id, "data-status": "streaming" });
       const answer = el("div", { class: "answer" });
       answer.append(typingIndicator(), actions());
@@ -112,7 +119,20 @@ export class Transcript {
       return;
     }
     state.seq = event.seq;
+    if (event.event === "message.retry") return this.showRetrying(id, event);
     this.applyDelta(id, event.parts);
+  }
+
+  showRetrying(id, event) {
+    const answer = this.article(id)?.querySelector(".answer");
+    if (!answer) return;
+    let line = answer.querySelector(".retrying");
+    if (!line) {
+      line = el("p", { class: "note retrying", role: "status" });
+      answer.prepend(line);
+    }
+    line.textContent = `Retrying… (attempt ${event.attempt} of ${event.retries}) ${event.reason}`;
+    this.afterChange();
   }
 
   blockFor(article, part) {
@@ -138,6 +158,7 @@ export class Transcript {
   applyDelta(id, parts) {
     const article = this.article(id);
     if (!article) return;
+    article.querySelector(".retrying")?.remove();
     for (const part of parts) {
       const block = this.blockFor(article, part);
       const body = block.matches(".md") ? block : block.querySelector(".md");
@@ -185,10 +206,10 @@ export class Transcript {
     const answer = article.querySelector(".answer");
     answer.replaceChildren();
     for (const block of event.blocks) answer.append(finalBlock(block));
-    if (event.status === "error") {
+    if (event.status === "error" || event.status === "interrupted") {
       const alert = el("div", { class: "alert", role: "alert" });
       const strong = el("strong");
-      strong.textContent = "The answer failed.";
+      strong.textContent = event.status === "interrupted" ? "The answer was interrupted." : "The answer failed.";
       alert.append(strong, " " + event.error);
       if (event.request_id) {
         const rid = el("span", { class: "request-id" });
@@ -201,7 +222,7 @@ export class Transcript {
     }
     if (event.stop_reason === "max_tokens") answer.append(note("The answer reached its maximum length (max tokens)."));
     if (event.stop_reason === "refusal") answer.append(note("The model declined to answer."));
-    answer.append(actions());
+    answer.append(actions(["error", "interrupted", "stopped"].includes(event.status)));
     article.dataset.status = event.status;
     this.onStreamingChange(this.streaming);
     this.afterChange();
@@ -241,6 +262,8 @@ export class Transcript {
     if (button.classList.contains("copy-code")) {
       const code = button.closest(".code-block").querySelector("code");
       copyText(code.textContent, button);
+    } else if (button.classList.contains("retry")) {
+      if (!this.streaming) this.onRetry(button.closest("article").dataset.id);
     } else if (button.classList.contains("copy-message")) {
       const article = button.closest("article");
       const text = [...article.querySelectorAll(".answer > .md")].map((b) => b.dataset.raw || "").join("\n\n");
@@ -297,11 +320,16 @@ function note(text) {
   return p;
 }
 
-function actions() {
+function actions(retryable = false) {
   const bar = el("div", { class: "actions" });
   const copy = el("button", { type: "button", class: "icon-button copy-message", "aria-label": "Copy message", title: "Copy message" });
   copy.textContent = "Copy";
   bar.append(copy);
+  if (retryable) {
+    const retry = el("button", { type: "button", class: "icon-button retry", title: "Write this answer again" });
+    retry.textContent = "Retry";
+    bar.append(retry);
+  }
   return bar;
 }
 
