@@ -233,16 +233,22 @@ class Generation:
     async def _listen(self, channel: str, stream_task: asyncio.Task) -> None:
         while True:
             request = await self.layer.receive(channel)
+            if request.get("type") == "generation.exit":
+                return
             if request.get("type") == "generation.stop":
                 stream_task.cancel()
             elif request.get("type") == "generation.snapshot" and request.get("reply_to"):
                 await self.layer.send(request["reply_to"], {"type": "chat.event", "payload": self.snapshot()})
 
     async def run(self) -> None:
-        channel = await self.layer.new_channel("generation.")
+        # The default prefix matters: channels_redis serves every process-specific
+        # channel of one prefix from one Redis list, and a second prefix would
+        # starve the sockets' own channels.
+        channel = await self.layer.new_channel()
         await claim_worker_channel(self.message_pk, channel)
         stream_task = asyncio.create_task(self._stream())
-        helpers = [asyncio.create_task(self._tick()), asyncio.create_task(self._listen(channel, stream_task))]
+        ticker = asyncio.create_task(self._tick())
+        listener = asyncio.create_task(self._listen(channel, stream_task))
         fields: dict[str, Any] = {}
         try:
             await stream_task
@@ -268,10 +274,20 @@ class Generation:
             log.exception("generation %s crashed", self.message_id)
             fields = {"status": Message.Status.ERROR, "error_type": "internal_error", "error": f"Internal error: {exc.__class__.__name__}"}
         finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            await self._stop_listener(channel, listener)
         await self._finish(fields)
+
+    async def _stop_listener(self, channel: str, listener: asyncio.Task) -> None:
+        """End the listener with a message rather than by cancelling its receive():
+        a receive cancelled mid-way can stall other receivers of a Redis layer."""
+        try:
+            await self.layer.send(channel, {"type": "generation.exit"})
+            await asyncio.wait_for(asyncio.shield(listener), timeout=2)
+        except (asyncio.TimeoutError, Exception):
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
 
     async def _finish(self, fields: dict[str, Any]) -> None:
         await self.flush()
