@@ -157,6 +157,52 @@ ANTHROPIC_API_KEY = env_str("ANTHROPIC_API_KEY")
 ANTHROPIC_AUTH_TOKEN = env_str("ANTHROPIC_AUTH_TOKEN")
 ANTHROPIC_BASE_URL = env_str("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
 
+# The models the app knows: limits, rules and prices ($ per million tokens).
+# An operator extends it with CHAT_MODELS_FILE, a JSON object of the same shape
+# (entries there replace or add to these). Models that GET /v1/models lists but
+# this table does not get CHAT_MODEL_DEFAULTS and no price.
+CHAT_MODEL_DEFAULTS = {
+    "max_output_tokens": 64000,
+    "context_window": 200000,
+    "thinking": True,
+    "temperature_and_top_p": False,  # newer models refuse both together
+    "price": None,
+}
+CHAT_MODELS = {
+    "claude-opus-4-5-20251101": {
+        "display_name": "Claude Opus 4.5",
+        "max_output_tokens": 64000,
+        "context_window": 200000,
+        "thinking": True,
+        "temperature_and_top_p": False,
+        "price": {"input": 5.0, "output": 25.0, "cache_write": 6.25, "cache_read": 0.50},
+    },
+    "claude-haiku-4-5-20251001": {
+        "display_name": "Claude Haiku 4.5",
+        "max_output_tokens": 64000,
+        "context_window": 200000,
+        "thinking": True,
+        "temperature_and_top_p": False,
+        "price": {"input": 1.0, "output": 5.0, "cache_write": 1.25, "cache_read": 0.10},
+    },
+    "claude-sonnet-4-20250514": {
+        "display_name": "Claude Sonnet 4",
+        "max_output_tokens": 64000,
+        "context_window": 200000,
+        "thinking": True,
+        "temperature_and_top_p": True,
+        "price": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30},
+    },
+}
+CHAT_MODELS_FILE = env_str("CHAT_MODELS_FILE")
+if CHAT_MODELS_FILE:
+    import json
+
+    with open(CHAT_MODELS_FILE, encoding="utf-8") as models_file:
+        CHAT_MODELS = {**CHAT_MODELS, **json.load(models_file)}
+# How long the list from GET /v1/models is kept (seconds).
+CHAT_MODEL_LIST_TTL = 3600
+
 CHAT_ALLOW_SIGNUP = env_bool("CHAT_ALLOW_SIGNUP", True)
 CHAT_DEFAULT_MODEL = env_str("CHAT_DEFAULT_MODEL") or "claude-opus-4-5-20251101"
 CHAT_DEFAULT_MAX_TOKENS = env_int("CHAT_DEFAULT_MAX_TOKENS", 8192)

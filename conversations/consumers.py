@@ -16,12 +16,31 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import transaction
 
+from . import catalog, parameters
 from .generation import ensure_sweeper, start_generation
 from .models import Conversation, LimitReached, Message
 
 
 class ChatError(Exception):
     """A refusal the person should read: nothing was sent upstream."""
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None):
+        super().__init__(message)
+        self.fields = fields or {}
+
+
+def _settings_from(raw: Any) -> parameters.Settings:
+    """Validate the settings panel's values as the API would (ChatError if not)."""
+    if not isinstance(raw, dict):
+        raise ChatError("The settings could not be read.")
+    model = raw.get("model")
+    if not isinstance(model, str) or not catalog.is_known(model):
+        raise ChatError("Choose a model from the list.", {"model": "Choose a model from the list."})
+    try:
+        return parameters.parse(raw, catalog.rules_for(model))
+    except parameters.Invalid as exc:
+        first = next(iter(exc.errors.values()))
+        raise ChatError(f"Not sent: {first}", exc.errors) from None
 
 
 # --- database work ---------------------------------------------------------
@@ -37,7 +56,7 @@ def _create_conversation(user) -> tuple[int, str, str]:
     return conversation.pk, str(conversation.public_id), conversation.get_absolute_url()
 
 
-def _begin_turn(conversation_pk: int, text: str) -> dict[str, Any]:
+def _begin_turn(conversation_pk: int, text: str, chosen: parameters.Settings | None) -> dict[str, Any]:
     """Save the person's message and an empty streaming answer, atomically.
 
     Refuses while another answer in this conversation is still streaming, or
@@ -49,6 +68,8 @@ def _begin_turn(conversation_pk: int, text: str) -> dict[str, Any]:
             conversation.check_limits()
         except LimitReached as exc:
             raise ChatError(str(exc)) from None
+        if chosen is not None:
+            conversation.apply_settings(chosen)
         user_message = conversation.add_user_message(text)
         assistant = conversation.start_assistant_message()
         body = conversation.request_body()
@@ -89,6 +110,7 @@ def _streaming_workers(conversation_pk: int) -> list[tuple[str, str]]:
 
 load_conversation = database_sync_to_async(_load_conversation)
 create_conversation = database_sync_to_async(_create_conversation)
+settings_from = database_sync_to_async(_settings_from)  # may ask the upstream for its model list
 begin_turn = database_sync_to_async(_begin_turn)
 begin_retry = database_sync_to_async(_begin_retry)
 streaming_workers = database_sync_to_async(_streaming_workers)
@@ -152,7 +174,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             else:
                 raise ChatError("Unknown action.")
         except ChatError as exc:
-            await self.send_json({"event": "error", "message": str(exc), "client_id": content.get("client_id")})
+            await self.send_json(
+                {"event": "error", "message": str(exc), "fields": exc.fields, "client_id": content.get("client_id")}
+            )
 
     async def send_message(self, content: dict[str, Any]) -> None:
         text = content.get("text")
@@ -163,11 +187,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 f"This message is {len(text):,} characters long; the limit is {settings.CHAT_MAX_MESSAGE_CHARS:,}."
             )
         client_id = str(content.get("client_id") or uuid.uuid4())
+        chosen = await settings_from(content["settings"]) if content.get("settings") is not None else None
         if self.conversation_pk is None:
             self.conversation_pk, self.conversation_id, url = await create_conversation(self.scope["user"])
             await self.channel_layer.group_add(self.group, self.channel_name)
             await self.send_json({"event": "conversation.created", "id": self.conversation_id, "url": url})
-        turn = await begin_turn(self.conversation_pk, text)
+        turn = await begin_turn(self.conversation_pk, text, chosen)
         await self.channel_layer.group_send(
             self.group,
             {

@@ -15,7 +15,6 @@ import logging
 import time
 from typing import Any
 
-import httpx
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -23,9 +22,9 @@ from django.utils import timezone
 
 from .markdown import StreamingMarkdown
 from .models import USAGE_FIELDS, Message
+from .catalog import upstream_config
 from .upstream import (
     MessageStream,
-    UpstreamConfig,
     UpstreamError,
     describe_error,
     get_client,
@@ -36,17 +35,6 @@ from .upstream import (
 log = logging.getLogger(__name__)
 
 _running: set[asyncio.Task] = set()
-
-
-def upstream_config() -> UpstreamConfig:
-    return UpstreamConfig(
-        base_url=settings.ANTHROPIC_BASE_URL,
-        api_key=settings.ANTHROPIC_API_KEY,
-        auth_token=settings.ANTHROPIC_AUTH_TOKEN,
-        timeout=httpx.Timeout(
-            connect=10.0, read=settings.CHAT_UPSTREAM_READ_TIMEOUT, write=60.0, pool=30.0
-        ),
-    )
 
 
 # --- database work: plain values in and out, each wrapped once ------------
@@ -77,7 +65,7 @@ def _finish(message_pk: int, fields: dict[str, Any], usage: dict) -> dict[str, A
     message.completed_at = timezone.now()
     message.save()
     message.conversation.touch()
-    return message.end_event()
+    return {**message.end_event(), "totals": message.conversation.usage_totals()}
 
 
 def _recover_interrupted() -> list[tuple[str, dict[str, Any]]]:
@@ -113,6 +101,8 @@ class Generation:
         self.stream: MessageStream | None = None
         self.saved_version = 0
         self.version = 0
+        self.thinking_started: dict[int, float] = {}
+        self.thinking_seconds: dict[str, float] = {}
 
     # events to the browser -------------------------------------------------
 
@@ -159,6 +149,8 @@ class Generation:
             index = event["index"]
             block_type = event["content_block"].get("type", "")
             self.block_types[index] = block_type
+            if block_type == "thinking":
+                self.thinking_started[index] = time.monotonic()
             if block_type in ("text", "thinking"):
                 renderer = self.renderers[index] = StreamingMarkdown()
                 initial = event["content_block"].get(block_type, "")
@@ -177,7 +169,14 @@ class Generation:
                 self.renderers[index].feed(piece)
                 self.pending_text[index] = self.pending_text.get(index, "") + piece
                 self.dirty = True
+        elif kind == "content_block_stop":
+            self._thinking_done(event["index"])
         self.version += 1
+
+    def _thinking_done(self, index: int) -> None:
+        started = self.thinking_started.pop(index, None)
+        if started is not None:
+            self.thinking_seconds[str(index)] = round(time.monotonic() - started, 1)
 
     async def _stream(self) -> None:
         """Stream the answer; retry failures that happen before the first byte."""
@@ -291,6 +290,9 @@ class Generation:
 
     async def _finish(self, fields: dict[str, Any]) -> None:
         await self.flush()
+        for index in list(self.thinking_started):  # stopped while thinking
+            self._thinking_done(index)
+        fields["meta"] = {"thinking_seconds": self.thinking_seconds} if self.thinking_seconds else {}
         acc = self.stream.accumulator if self.stream else None
         content = _copy_content(acc.content) if acc else []
         usage = dict(acc.message.get("usage", {})) if acc else {}

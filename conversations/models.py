@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from . import catalog, parameters
 from .markdown import render
 
 TITLE_LENGTH = 80
@@ -68,11 +71,22 @@ class Conversation(models.Model):
 
     @classmethod
     def start(cls, owner) -> "Conversation":
-        return cls.objects.create(
-            owner=owner,
-            model=settings.CHAT_DEFAULT_MODEL,
-            params={"max_tokens": settings.CHAT_DEFAULT_MAX_TOKENS},
-        )
+        """A new chat, with the owner's last choices of model and parameters."""
+        prefs = Preferences.objects.filter(user=owner).first()
+        if prefs is not None:
+            return cls.objects.create(owner=owner, model=prefs.model, params=prefs.params)
+        defaults = parameters.defaults(catalog.rules_for(settings.CHAT_DEFAULT_MODEL), settings.CHAT_DEFAULT_MAX_TOKENS)
+        return cls.objects.create(owner=owner, model=defaults.model, params=defaults.to_params())
+
+    @property
+    def chat_settings(self) -> parameters.Settings:
+        return parameters.Settings.from_params(self.model, self.params or {})
+
+    def apply_settings(self, new: parameters.Settings) -> None:
+        """Save validated settings here and as the owner's defaults for new chats."""
+        self.model, self.params = new.model, new.to_params()
+        Conversation.objects.filter(pk=self.pk).update(model=self.model, params=self.params)
+        Preferences.remember(self.owner_id, new)
 
     def touch(self) -> None:
         self.updated_at = timezone.now()
@@ -124,12 +138,20 @@ class Conversation(models.Model):
             content=[],
             status=Message.Status.STREAMING,
             model=self.model,
+            request_params=self.request_params(),
         )
 
-    def api_messages(self) -> list[dict[str, Any]]:
-        """The history resent upstream each turn, in the API's shape."""
+    def api_messages(self, before: "Message | None" = None) -> list[dict[str, Any]]:
+        """The history resent upstream each turn, in the API's shape.
+
+        With `before`, only the messages that came before that one: the
+        history that was sent when it was written.
+        """
         turns: list[dict[str, Any]] = []
-        for message in self.messages.order_by("created_at", "pk"):
+        history = self.messages.order_by("created_at", "pk")
+        if before is not None:
+            history = history.filter(created_at__lt=before.created_at)
+        for message in history:
             content = message.to_api_content()
             if not content:
                 continue
@@ -141,24 +163,74 @@ class Conversation(models.Model):
             turns.pop()  # the request must end with the person's turn
         return turns
 
+    def usage_totals(self) -> dict[str, Any]:
+        """Tokens and cost of every answer in this conversation (one query)."""
+        rows = (
+            self.messages.filter(role=Message.Role.ASSISTANT)
+            .values("model")
+            .annotate(**{name: models.Sum(name) for name in USAGE_FIELDS})
+        )
+        totals: dict[str, Any] = {name: 0 for name in USAGE_FIELDS}
+        cost, priced = Decimal(0), True
+        for row in rows:
+            usage = {name: row[name] or 0 for name in USAGE_FIELDS}
+            for name in USAGE_FIELDS:
+                totals[name] += usage[name]
+            row_cost = catalog.cost(row["model"], usage)
+            if row_cost is None and any(usage.values()):
+                priced = False
+            cost += row_cost or 0
+        totals["cost"] = format_cost(cost) if priced else None
+        return totals
+
+    def request_params(self) -> dict[str, Any]:
+        """The request's fields other than `messages`, from the saved settings."""
+        return self.chat_settings.to_request()
+
     def request_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "max_tokens": settings.CHAT_DEFAULT_MAX_TOKENS}
-        for key, value in (self.params or {}).items():
-            if value not in (None, "", []):
-                body[key] = value
-        body["messages"] = self.api_messages()
-        return body
+        return {**self.request_params(), "messages": self.api_messages()}
+
+    def request_body_for(self, answer: "Message") -> dict[str, Any]:
+        """The request that produced `answer`, as it was streamed."""
+        params = answer.request_params or self.request_params()
+        return {**params, "messages": self.api_messages(before=answer), "stream": True}
 
 
-def client_blocks(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+class Preferences(models.Model):
+    """A person's last choices of model and parameters: the defaults of a new chat."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_preferences")
+    model = models.CharField(max_length=100)
+    params = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "preferences"
+
+    @classmethod
+    def remember(cls, user_id: int, chosen: parameters.Settings) -> None:
+        cls.objects.update_or_create(user_id=user_id, defaults={"model": chosen.model, "params": chosen.to_params()})
+
+
+def client_blocks(content: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """An answer's displayable blocks: raw text (for copying) and safe HTML."""
+    seconds = (meta or {}).get("thinking_seconds", {})
     blocks = []
     for index, block in enumerate(content):
         kind = block.get("type")
         if kind in ("text", "thinking", "redacted_thinking"):
             text = block.get("text") or block.get("thinking") or ""
-            blocks.append({"index": index, "type": kind, "text": text, "html": render(text)})
+            item = {"index": index, "type": kind, "text": text, "html": render(text)}
+            if kind == "thinking" and str(index) in seconds:
+                item["seconds"] = seconds[str(index)]
+            blocks.append(item)
     return blocks
+
+
+def format_cost(value: Decimal | None) -> str | None:
+    if value is None:
+        return None
+    return f"${value:.4f}" if value < 1 else f"${value:.2f}"
 
 
 def title_from_text(text: str) -> str:
@@ -231,6 +303,11 @@ class Message(models.Model):
     request_id = models.CharField(max_length=100, blank=True)
     error_type = models.CharField(max_length=60, blank=True)
     error = models.TextField(blank=True)
+    # The request fields other than `messages` that produced this answer (for
+    # "Copy as cURL"), and facts about the answer that are not API content,
+    # such as how long each thinking block took.
+    request_params = models.JSONField(default=dict, blank=True)
+    meta = models.JSONField(default=dict, blank=True)
     # The channel-layer channel of the task generating this message: Stop and
     # late joiners reach the task through it, from any process.
     worker_channel = models.CharField(max_length=200, blank=True)
@@ -260,6 +337,10 @@ class Message(models.Model):
     @property
     def usage(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in USAGE_FIELDS}
+
+    @property
+    def cost(self) -> Decimal | None:
+        return catalog.cost(self.model, self.usage) if self.role == Message.Role.ASSISTANT else None
 
     def set_usage(self, usage: dict[str, Any]) -> None:
         for name in USAGE_FIELDS:
@@ -306,17 +387,26 @@ class Message(models.Model):
         self.set_usage({name: 0 for name in USAGE_FIELDS})
         self.completed_at = None
         self.model = self.conversation.model
+        self.request_params = self.conversation.request_params()
+        self.meta = {}
         self.save()
 
     def end_event(self) -> dict[str, Any]:
-        """The `message.end` event for a finished answer (see docs/websocket-protocol.md)."""
+        """The `message.end` event for a finished answer (see docs/websocket-protocol.md).
+
+        `article` is the answer rendered by the same template as the page, so a
+        live page and a reloaded one show exactly the same thing.
+        """
         return {
+            "article": render_to_string("conversations/_message.html", {"m": self.to_client()}),
             "event": "message.end",
             "message": str(self.public_id),
             "status": self.status,
             "stop_reason": self.stop_reason,
-            "blocks": client_blocks(self.content),
+            "blocks": client_blocks(self.content, self.meta),
             "usage": self.usage,
+            "cost": format_cost(self.cost),
+            "stop_sequence": self.stop_sequence,
             "error": self.error,
             "error_type": self.error_type,
             "request_id": self.request_id,
@@ -328,7 +418,10 @@ class Message(models.Model):
             "id": str(self.public_id),
             "role": self.role,
             "status": self.status,
-            "blocks": client_blocks(self.content) if self.role == Message.Role.ASSISTANT else [],
+            "blocks": client_blocks(self.content, self.meta) if self.role == Message.Role.ASSISTANT else [],
+            "cost": format_cost(self.cost) if self.role == Message.Role.ASSISTANT else None,
+            "stop_sequence": self.stop_sequence,
+            "model": self.model,
             "text": self.text,
             "stop_reason": self.stop_reason,
             "usage": self.usage,

@@ -1,12 +1,16 @@
+import json
+
 from django.conf import settings
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
+from . import catalog, parameters
+from .curl import curl_command
 from .forms import SignupForm
-from .models import Conversation
+from .models import Conversation, Message, Preferences
 
 SIDEBAR_SIZE = 50
 
@@ -16,17 +20,42 @@ def _get_conversation_for_user(request, conversation_id) -> Conversation:
     return get_object_or_404(Conversation.objects.for_user(request.user), public_id=conversation_id)
 
 
+def _new_chat_settings(user) -> parameters.Settings:
+    prefs = Preferences.objects.filter(user=user).first()
+    if prefs is not None:
+        return parameters.Settings.from_params(prefs.model, prefs.params)
+    rules = catalog.rules_for(settings.CHAT_DEFAULT_MODEL)
+    return parameters.defaults(rules, settings.CHAT_DEFAULT_MAX_TOKENS)
+
+
 def _chat_context(request, conversation: Conversation | None) -> dict:
     sidebar = Conversation.objects.for_user(request.user).for_sidebar()[:SIDEBAR_SIZE]
     messages = list(conversation.messages.all()) if conversation else []
+    chosen = conversation.chat_settings if conversation else _new_chat_settings(request.user)
+    models = catalog.available_models()
+    if not any(m["id"] == chosen.model for m in models):
+        models = [{"id": chosen.model, "display_name": catalog.rules_for(chosen.model).display_name}, *models]
+    rules = {m["id"]: catalog.rules_for(m["id"]) for m in models}
     return {
         "conversation": conversation,
         "sidebar": sidebar,
         "transcript": [m.to_client() for m in messages],
-        "model_name": conversation.model if conversation else settings.CHAT_DEFAULT_MODEL,
+        "model_name": rules[chosen.model].display_name,
+        "models": models,
+        "form": chosen.to_form(),
+        "totals": conversation.usage_totals() if conversation else None,
         "chat_config": {
             "conversationId": str(conversation.public_id) if conversation else None,
             "wsPath": f"/ws/chat/{conversation.public_id}/" if conversation else "/ws/chat/new/",
+            "models": {
+                mid: {
+                    "name": r.display_name,
+                    "maxOutput": r.max_output_tokens,
+                    "thinking": r.thinking,
+                    "temperatureAndTopP": r.temperature_and_top_p,
+                }
+                for mid, r in rules.items()
+            },
         },
     }
 
@@ -70,3 +99,46 @@ def logout_view(request):
         logout(request)
         return redirect(settings.LOGOUT_REDIRECT_URL)
     return render(request, "registration/logout.html")
+
+
+@login_required
+@require_POST
+def save_settings(request):
+    """Validate the settings panel and save it (to the conversation, and as the
+    person's defaults). Answers {ok, errors: {field: sentence}, settings}."""
+    try:
+        payload = json.loads(request.body or b"{}")
+    except ValueError:
+        return JsonResponse({"ok": False, "errors": {"form": "The settings could not be read."}}, status=400)
+    raw = payload.get("settings") if isinstance(payload, dict) else None
+    conversation = None
+    if payload.get("conversation"):
+        conversation = _get_conversation_for_user(request, payload["conversation"])
+    if not isinstance(raw, dict):
+        return JsonResponse({"ok": False, "errors": {"form": "The settings could not be read."}}, status=400)
+    model = raw.get("model")
+    if not isinstance(model, str) or not catalog.is_known(model):
+        return JsonResponse({"ok": False, "errors": {"model": "Choose a model from the list."}}, status=400)
+    try:
+        chosen = parameters.parse(raw, catalog.rules_for(model))
+    except parameters.Invalid as exc:
+        return JsonResponse({"ok": False, "errors": exc.errors}, status=400)
+    if conversation is not None:
+        conversation.apply_settings(chosen)
+    else:
+        Preferences.remember(request.user.pk, chosen)
+    return JsonResponse({"ok": True, "errors": {}, "settings": chosen.to_form()})
+
+
+@login_required
+def copy_as_curl(request, conversation_id, message_id):
+    """The exact request that produced an answer, as a curl command."""
+    conversation = _get_conversation_for_user(request, conversation_id)
+    message = get_object_or_404(conversation.messages, public_id=message_id, role=Message.Role.ASSISTANT)
+    command = curl_command(
+        conversation.request_body_for(message),
+        base_url=settings.ANTHROPIC_BASE_URL,
+        bearer=bool(settings.ANTHROPIC_AUTH_TOKEN) and not settings.ANTHROPIC_API_KEY,
+        include_attachments=request.GET.get("attachments") == "1",
+    )
+    return HttpResponse(command, content_type="text/plain; charset=utf-8")

@@ -81,6 +81,9 @@ class Script:
     headers: dict[str, str] = field(default_factory=dict)
     steps: list[tuple] = field(default_factory=list)
     json_body: dict | None = None  # sent as a JSON answer instead of a stream (non-2xx)
+    # Thinking and redacted-thinking blocks this stream hands out, exactly as a
+    # client must send them back (checked when FakeUpstream.strict_thinking).
+    issued: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -135,7 +138,7 @@ def text_reply(text: str | list[str], *, chunks: int | None = None, delay: float
                stop_reason: str = "end_turn", stop_sequence: str | None = None,
                thinking: str | None = None, signature: str = "sig-abc",
                gate_after: int | None = None, gate: Gate | None = None, message_id: str | None = None,
-               cache_creation: int = 0, cache_read: int = 0) -> Script:
+               cache_creation: int = 0, cache_read: int = 0, redacted: str | None = None) -> Script:
     """A complete, successful stream: [thinking block], text block, message_delta, message_stop."""
     if isinstance(text, list):
         pieces = list(text)
@@ -147,11 +150,17 @@ def text_reply(text: str | list[str], *, chunks: int | None = None, delay: float
     steps = _message_start(model, message_id, usage_in, cache_creation, cache_read)
     index = 0
     thinking_pieces = _words(thinking) if thinking is not None else []
+    issued = []
     if thinking is not None:
         steps.append(_block_start(0, {"type": "thinking", "thinking": "", "signature": ""}))
         steps += [_delta(0, {"type": "thinking_delta", "thinking": piece}) for piece in thinking_pieces]
         steps += [_delta(0, {"type": "signature_delta", "signature": signature}), _block_stop(0)]
+        issued.append({"type": "thinking", "thinking": "".join(thinking_pieces), "signature": signature})
         index = 1
+    if redacted is not None:
+        steps += [_block_start(index, {"type": "redacted_thinking", "data": redacted}), _block_stop(index)]
+        issued.append({"type": "redacted_thinking", "data": redacted})
+        index += 1
     steps.append(_block_start(index, {"type": "text", "text": ""}))
     if gate is not None and gate_after == 0:
         steps.append(("gate", gate))
@@ -169,7 +178,7 @@ def text_reply(text: str | list[str], *, chunks: int | None = None, delay: float
                                  "usage": {"output_tokens": output}}),
         _event("message_stop", {"type": "message_stop"}),
     ]
-    return Script(steps=steps)
+    return Script(steps=steps, issued=issued)
 
 
 def error_reply(status: int, error_type: str, message: str, *, request_id: str = "req_fake_err",
@@ -244,7 +253,14 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if self.command == "POST" and path == "/v1/messages":
                 model = body.get("model") if isinstance(body, dict) else None
-                self._serve(fake._next_script(model or DEFAULT_MODEL), request_id)
+                refusal = fake._check_thinking(body) if fake.strict_thinking else None
+                if refusal:
+                    self._serve(error_reply(400, "invalid_request_error", refusal, request_id=request_id), request_id)
+                    return
+                script = fake._next_script(model or DEFAULT_MODEL)
+                self._serve(script, request_id)
+                with fake._lock:
+                    fake.issued += script.issued
             elif self.command == "GET" and path == "/v1/models":
                 data = fake.models
                 page = {"data": data, "has_more": False,
@@ -307,6 +323,10 @@ class FakeUpstream:
         self.url = ""
         self.requests: list[Recorded] = []
         self.models: list[dict] = [dict(m) for m in MODELS]  # answer of GET /v1/models
+        # Like the API: refuse a request whose earlier thinking blocks differ in
+        # any byte from the ones this server streamed.
+        self.strict_thinking = False
+        self.issued: list[dict] = []
         self._scripts: deque[Script] = deque()
         self._gates: list[Gate] = []
         self._connections: set[socket.socket] = set()
@@ -314,6 +334,21 @@ class FakeUpstream:
         self._lock = threading.Condition()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def _check_thinking(self, body) -> str | None:
+        """The API's rule: earlier thinking blocks come back byte for byte, or not at all."""
+        with self._lock:
+            issued = [json.dumps(block, sort_keys=True) for block in self.issued]
+        for turn_index, turn in enumerate((body or {}).get("messages") or []):
+            content = turn.get("content")
+            if turn.get("role") != "assistant" or not isinstance(content, list):
+                continue
+            for block_index, block in enumerate(content):
+                if block.get("type") in ("thinking", "redacted_thinking"):
+                    if json.dumps(block, sort_keys=True) not in issued:
+                        return (f"messages.{turn_index}.content.{block_index}: thinking blocks cannot be modified. "
+                                "These blocks must remain as they were in the original response.")
+        return None
 
     def start(self) -> "FakeUpstream":
         self._server = _Server(("127.0.0.1", 0), _Handler)

@@ -1,5 +1,6 @@
 // The chat page: composer, socket, sidebar. Protocol: docs/websocket-protocol.md.
 
+import { SettingsPanel } from "./settings.js";
 import { ReconnectingSocket } from "./socket.js";
 import { Transcript } from "./transcript.js";
 
@@ -18,12 +19,26 @@ let pending = null; // client_id of the message waiting for the server's receipt
 
 const draftKey = () => `chat-draft:${conversationId || "new"}`;
 
+const settings = new SettingsPanel({
+  panel: $("settings-panel"),
+  form: $("settings-form"),
+  toggle: $("settings-toggle"),
+  close: $("settings-close"),
+  badge: $("model-badge"),
+  models: config.models,
+  conversationId,
+  onSaved: () => {},
+});
+
 const transcript = new Transcript({
   root: $("transcript"),
   scroller: $("scroller"),
   jump: $("jump"),
   onGap: (id) => socket.send({ action: "resync", message: id }),
   onRetry: (id) => { showAlert(""); socket.send({ action: "retry", message: id }); },
+  onContinue: () => sendText("Continue"),
+  onCurl: (id) => showCurl(id),
+  onEnd: (event) => showTotals(event.totals),
   onStreamingChange: (streaming) => {
     stopButton.hidden = !streaming;
     sendButton.hidden = streaming;
@@ -52,6 +67,7 @@ function handle(event) {
       break;
     case "conversation.created":
       conversationId = event.id;
+      settings.setConversation(event.id);
       history.replaceState(null, "", event.url);
       moveDraft("new", conversationId);
       break;
@@ -77,6 +93,10 @@ function handle(event) {
     case "error":
       if (!event.client_id || event.client_id === pending) pending = null;
       showAlert(event.message);
+      if (event.fields && Object.keys(event.fields).length) {
+        settings.showErrors(event.fields);
+        settings.setOpen(true);
+      }
       break;
   }
   sendButton.disabled = pending !== null;
@@ -98,12 +118,54 @@ function showAlert(text) {
 function send() {
   const text = box.value;
   if (!text.trim()) { showAlert("Type a message before sending."); box.focus(); return; }
+  sendText(text);
+}
+
+function sendText(text) {
   if (pending || transcript.streaming) return;
   if (!socket.isOpen) { showAlert("Not connected to the server. Your message is kept here: send it again once reconnected."); return; }
+  if (settings.firstError) {
+    settings.setOpen(true);
+    showAlert(`Not sent: ${settings.firstError}`);
+    return;
+  }
   pending = crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random();
   sendButton.disabled = true;
-  socket.send({ action: "send", text, client_id: pending });
+  socket.send({ action: "send", text, client_id: pending, settings: settings.values() });
 }
+
+function showTotals(totals) {
+  if (!totals) return;
+  for (const node of document.querySelectorAll("#totals [data-total]")) {
+    const value = totals[node.dataset.total];
+    node.textContent = value === null || value === undefined ? "—" : typeof value === "number" ? value.toLocaleString("en-US") : value;
+  }
+}
+
+// "Copy as cURL": the exact request behind an answer, shown before copying.
+const curlDialog = $("curl-dialog");
+let curlFor = null;
+
+async function showCurl(messageId) {
+  curlFor = messageId;
+  const withData = $("curl-attachments").checked ? "?attachments=1" : "";
+  const response = await fetch(`/c/${conversationId}/m/${messageId}/curl/${withData}`, { credentials: "same-origin" });
+  $("curl-text").textContent = response.ok ? await response.text() : "The request could not be loaded.";
+  if (!curlDialog.open) curlDialog.showModal();
+}
+
+$("curl-attachments").addEventListener("change", () => curlFor && showCurl(curlFor));
+$("curl-close").addEventListener("click", () => curlDialog.close());
+$("curl-copy").addEventListener("click", async (event) => {
+  const button = event.currentTarget;
+  try {
+    await navigator.clipboard.writeText($("curl-text").textContent);
+    button.textContent = "Copied";
+  } catch {
+    button.textContent = "Copy failed: select the text";
+  }
+  setTimeout(() => { button.textContent = "Copy"; }, 1500);
+});
 
 function stop() {
   socket.send({ action: "stop" });
@@ -155,7 +217,7 @@ box.addEventListener("input", () => {
   if (box.value.trim()) showAlert("");
 });
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && transcript.streaming) { event.preventDefault(); stop(); }
+  if (event.key === "Escape" && transcript.streaming && !curlDialog.open) { event.preventDefault(); stop(); }
 });
 
 // Sidebar drawer at phone width.

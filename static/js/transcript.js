@@ -11,9 +11,12 @@
 const STICK_DISTANCE = 80;
 
 export class Transcript {
-  constructor({ root, scroller, jump, onGap, onStreamingChange, onRetry }) {
+  constructor({ root, scroller, jump, onGap, onStreamingChange, onRetry, onContinue, onCurl, onEnd }) {
     this.root = root;
     this.onRetry = onRetry;
+    this.onContinue = onContinue;
+    this.onCurl = onCurl;
+    this.onEnd = onEnd;
     this.scroller = scroller;
     this.jump = jump;
     this.onGap = onGap;
@@ -197,34 +200,15 @@ export class Transcript {
   endAnswer(event) {
     const id = event.message;
     this.live.delete(id);
-    let article = this.article(id);
-    if (!article) {
-      this.startAnswer(id, event.seq);
-      this.live.delete(id);
-      article = this.article(id);
-    }
-    const answer = article.querySelector(".answer");
-    answer.replaceChildren();
-    for (const block of event.blocks) answer.append(finalBlock(block));
-    if (event.status === "error" || event.status === "interrupted") {
-      const alert = el("div", { class: "alert", role: "alert" });
-      const strong = el("strong");
-      strong.textContent = event.status === "interrupted" ? "The answer was interrupted." : "The answer failed.";
-      alert.append(strong, " " + event.error);
-      if (event.request_id) {
-        const rid = el("span", { class: "request-id" });
-        rid.textContent = `Request id: ${event.request_id}`;
-        alert.append(" ", rid);
-      }
-      answer.append(alert);
-    } else if (event.status === "stopped") {
-      answer.append(note("Stopped. The text above is what arrived before you stopped it."));
-    }
-    if (event.stop_reason === "max_tokens") answer.append(note("The answer reached its maximum length (max tokens)."));
-    if (event.stop_reason === "refusal") answer.append(note("The model declined to answer."));
-    answer.append(actions(["error", "interrupted", "stopped"].includes(event.status)));
-    article.dataset.status = event.status;
+    const template = document.createElement("template");
+    template.innerHTML = event.article; // rendered by the server's message template
+    const fresh = template.content.querySelector("article");
+    fresh.querySelectorAll("pre").forEach(decorateCode);
+    const article = this.article(id);
+    if (article) article.replaceWith(fresh);
+    else this.root.append(fresh);
     this.onStreamingChange(this.streaming);
+    this.onEnd(event);
     this.afterChange();
   }
 
@@ -264,6 +248,10 @@ export class Transcript {
       copyText(code.textContent, button);
     } else if (button.classList.contains("retry")) {
       if (!this.streaming) this.onRetry(button.closest("article").dataset.id);
+    } else if (button.classList.contains("continue")) {
+      if (!this.streaming) this.onContinue();
+    } else if (button.classList.contains("curl")) {
+      this.onCurl(button.closest("article").dataset.id);
     } else if (button.classList.contains("copy-message")) {
       const article = button.closest("article");
       const text = [...article.querySelectorAll(".answer > .md")].map((b) => b.dataset.raw || "").join("\n\n");
@@ -284,26 +272,6 @@ function streamingBody() {
   return body;
 }
 
-function finalBlock(block) {
-  if (block.type === "redacted_thinking") {
-    const p = el("p", { class: "redacted", "data-index": block.index });
-    p.textContent = "Some of the model's reasoning was redacted by the API.";
-    return p;
-  }
-  const body = el("div", { class: "md", "data-raw": block.text });
-  body.innerHTML = block.html; // sanitized on the server
-  body.querySelectorAll("pre").forEach(decorateCode);
-  if (block.type !== "thinking") {
-    body.dataset.index = block.index;
-    return body;
-  }
-  const details = el("details", { class: "thinking", "data-index": block.index });
-  const summary = el("summary");
-  summary.textContent = "Thinking";
-  details.append(summary, body);
-  return details;
-}
-
 function closeThinking(article) {
   article.querySelectorAll("details.thinking[open]").forEach((d) => { d.open = false; });
 }
@@ -314,22 +282,11 @@ function typingIndicator() {
   return typing;
 }
 
-function note(text) {
-  const p = el("p", { class: "note" });
-  p.textContent = text;
-  return p;
-}
-
-function actions(retryable = false) {
+function actions() {
   const bar = el("div", { class: "actions" });
   const copy = el("button", { type: "button", class: "icon-button copy-message", "aria-label": "Copy message", title: "Copy message" });
   copy.textContent = "Copy";
   bar.append(copy);
-  if (retryable) {
-    const retry = el("button", { type: "button", class: "icon-button retry", title: "Write this answer again" });
-    retry.textContent = "Retry";
-    bar.append(retry);
-  }
   return bar;
 }
 
