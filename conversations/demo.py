@@ -77,12 +77,36 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+def demo_thinking(body: dict[str, Any]) -> str:
+    turns = sum(1 for m in body.get("messages", []) if m.get("role") == "user")
+    return (
+        "This is the offline demo's stand-in for extended thinking: no model is reasoning here. "
+        f"The request asks for a thinking budget of {body['thinking'].get('budget_tokens')} tokens "
+        f"and holds {turns} message{'s' if turns != 1 else ''} from the person. "
+        "I will echo the last one and show some markdown."
+    )
+
+
+def _apply_limits(pieces: list[str], body: dict[str, Any]) -> tuple[list[str], str, str | None]:
+    """Honour stop_sequences and max_tokens (one piece counts as one token)."""
+    text = "".join(pieces)
+    for stop in body.get("stop_sequences") or []:
+        at = text.find(stop)
+        if at >= 0:
+            return re.findall(r"\S+\s*|\s+", text[:at]), "stop_sequence", stop
+    limit = body.get("max_tokens")
+    if isinstance(limit, int) and len(pieces) > limit:
+        return pieces[:limit], "max_tokens", None
+    return pieces, "end_turn", None
+
+
 class _DemoStream(httpx.AsyncByteStream):
     def __init__(self, body: dict[str, Any]):
         self.body = body
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         reply = demo_reply(self.body)
+        thinking = (self.body.get("thinking") or {}).get("type") == "enabled"
         input_tokens = max(1, len(json.dumps(self.body.get("messages", []))) // 4)
         yield sse(
             "message_start",
@@ -105,25 +129,45 @@ class _DemoStream(httpx.AsyncByteStream):
                 },
             },
         )
+        index = 0
+        thought: list[str] = []
+        if thinking:
+            yield sse(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+            )
+            thought = re.findall(r"\S+\s*|\s+", demo_thinking(self.body))
+            for piece in thought:
+                await asyncio.sleep(WORD_DELAY)
+                yield sse(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": piece}},
+                )
+            yield sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "offline-demo"}},
+            )
+            yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+            index = 1
         yield sse(
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
         )
         yield sse("ping", {"type": "ping"})
-        pieces = re.findall(r"\S+\s*|\s+", reply)
+        pieces, stop_reason, stop_sequence = _apply_limits(re.findall(r"\S+\s*|\s+", reply), self.body)
         for piece in pieces:
             await asyncio.sleep(WORD_DELAY)
             yield sse(
                 "content_block_delta",
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}},
             )
-        yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        yield sse("content_block_stop", {"type": "content_block_stop", "index": index})
         yield sse(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": len(pieces)},
+                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                "usage": {"output_tokens": len(pieces) + len(thought)},
             },
         )
         yield sse("message_stop", {"type": "message_stop"})
