@@ -14,6 +14,9 @@ from chatsite.asgi import application
 from conversations.generation import wait_for_generations
 from tests.fake_upstream import FakeUpstream
 
+# The browser tests' fixtures (live daphne servers, Chromium), shared by every module.
+pytest_plugins = ["tests.browser_support"]
+
 ORIGIN = (b"origin", b"http://localhost")
 
 

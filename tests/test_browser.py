@@ -12,24 +12,16 @@ import time
 
 import pytest
 
-from tests.browser_support import (  # noqa: F401  (fixtures are used by name)
+from tests.browser_support import (
     UUID_PATH,
-    _server_logs_on_failure,
     answer_text,
     articles,
-    browser,
-    chromium_path,
-    demo_server,
     expect,
-    app_server,
     message_box,
-    new_page,
-    page,
     screenshot,
     send,
     signup,
     unique_username,
-    upstream,
     wait_for_gate,
 )
 from tests.fake_upstream import Gate, text_reply

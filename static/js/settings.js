@@ -64,7 +64,7 @@ export class SettingsPanel {
     help.textContent = limits.join(" ");
     maxHelp.textContent = `The longest answer, in tokens: 1 to ${model.maxOutput.toLocaleString("en-US")} for ${model.name}.`;
     this.field("max_tokens").max = model.maxOutput;
-    this.badge.textContent = (this.badge.dataset.prefix || "") + model.name;
+    this.badge.textContent = model.name;
   }
 
   syncThinking() {

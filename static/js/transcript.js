@@ -177,7 +177,7 @@ export class Transcript {
       }
       tail.innerHTML = part.tail; // sanitized on the server
       tail.querySelectorAll("pre").forEach(decorateCode);
-      if (part.type === "text") closeThinking(article);
+      if (part.type === "text" && part.text) closeThinking(article);
     }
     this.afterChange();
   }
