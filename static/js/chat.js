@@ -16,6 +16,7 @@ const connection = $("connection");
 
 let conversationId = config.conversationId;
 let pending = null; // client_id of the message waiting for the server's receipt
+let pendingFromBox = false; // whether that message is the composer's text (to clear it)
 
 const draftKey = () => `chat-draft:${conversationId || "new"}`;
 
@@ -77,9 +78,11 @@ function handle(event) {
       updateSidebar(event.conversation);
       if (event.client_id === pending) {
         pending = null;
-        box.value = "";
-        localStorage.removeItem(draftKey());
-        resize();
+        if (pendingFromBox) {
+          box.value = "";
+          localStorage.removeItem(draftKey());
+          resize();
+        }
         showAlert("");
       }
       break;
@@ -118,10 +121,10 @@ function showAlert(text) {
 function send() {
   const text = box.value;
   if (!text.trim()) { showAlert("Type a message before sending."); box.focus(); return; }
-  sendText(text);
+  sendText(text, true);
 }
 
-function sendText(text) {
+function sendText(text, fromBox = false) {
   if (pending || transcript.streaming) return;
   if (!socket.isOpen) { showAlert("Not connected to the server. Your message is kept here: send it again once reconnected."); return; }
   if (settings.firstError) {
@@ -130,6 +133,7 @@ function sendText(text) {
     return;
   }
   pending = crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random();
+  pendingFromBox = fromBox;
   sendButton.disabled = true;
   socket.send({ action: "send", text, client_id: pending, settings: settings.values() });
 }
