@@ -48,10 +48,26 @@ class Conversation(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now, db_index=False)
 
+    # Staff review (the admin): what a reviewer concluded, who, and when.
+    class ReviewStatus(models.TextChoices):
+        UNREVIEWED = "unreviewed"
+        OK = "ok"
+        FLAGGED = "flagged"
+
+    review_status = models.CharField(max_length=12, choices=ReviewStatus.choices, default=ReviewStatus.UNREVIEWED)
+    review_notes = models.TextField(blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
     objects = ConversationQuerySet.as_manager()
 
     class Meta:
-        indexes = [models.Index(fields=["owner", "-updated_at"], name="conv_owner_recent")]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"], name="conv_owner_recent"),
+            models.Index(fields=["review_status", "-updated_at"], name="conv_review_recent"),
+        ]
         ordering = ["-updated_at"]
 
     def __str__(self) -> str:
@@ -429,3 +445,102 @@ class Message(models.Model):
             "error_type": self.error_type,
             "request_id": self.request_id,
         }
+
+
+def attachment_path(attachment: "Attachment", filename: str) -> str:
+    """Content-addressed: the same bytes always live at the same path."""
+    digest = attachment.sha256
+    return f"attachments/{digest[:2]}/{digest[2:4]}/{digest}{attachment.extension}"
+
+
+def sent_path(attachment: "Attachment", filename: str) -> str:
+    digest = attachment.sha256
+    return f"attachments/{digest[:2]}/{digest[2:4]}/{digest}.sent{attachment.sent_extension}"
+
+
+class Attachment(models.Model):
+    """An uploaded image or PDF, stored once per owner and content.
+
+    `file` is the original (shown and downloaded); `sent_file`, when set, is
+    the version sent upstream (an image downscaled to the API's useful size).
+    Files go through Django's storage API, so an S3-compatible backend is a
+    setting away; they are only ever served by an authenticated view.
+    """
+
+    EXTENSIONS = {
+        "image/jpeg": ".jpg",
+        "image/png": ".png",
+        "image/gif": ".gif",
+        "image/webp": ".webp",
+        "application/pdf": ".pdf",
+    }
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="attachments")
+    original_name = models.CharField(max_length=255)
+    media_type = models.CharField(max_length=100)  # detected from the bytes
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    file = models.FileField(upload_to=attachment_path, max_length=255)
+    sent_file = models.FileField(upload_to=sent_path, max_length=255, blank=True)
+    sent_media_type = models.CharField(max_length=100, blank=True)
+    sent_size = models.PositiveBigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "sha256"], name="attachment_once_per_owner")]
+
+    def __str__(self) -> str:
+        return self.original_name
+
+    @property
+    def extension(self) -> str:
+        return self.EXTENSIONS.get(self.media_type, "")
+
+    @property
+    def sent_extension(self) -> str:
+        return self.EXTENSIONS.get(self.sent_media_type or self.media_type, "")
+
+    @property
+    def is_image(self) -> bool:
+        return self.media_type.startswith("image/")
+
+
+class MessageAttachment(models.Model):
+    """An attachment in a message, in the order the person attached them."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="message_attachments")
+    attachment = models.ForeignKey(Attachment, on_delete=models.PROTECT, related_name="uses")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "pk"]
+        constraints = [models.UniqueConstraint(fields=["message", "attachment"], name="attachment_once_per_message")]
+
+
+class Report(models.Model):
+    """A person reported an answer from the chat: it flags the conversation for review."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reports")
+    reporter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    reason = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class TranscriptView(models.Model):
+    """Audit: a staff member opened a conversation's transcript in the admin."""
+
+    viewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    viewer_name = models.CharField(max_length=150)  # kept if the staff account is deleted
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="transcript_views")
+    viewed_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-viewed_at"]
+        indexes = [models.Index(fields=["conversation", "-viewed_at"], name="audit_conversation_recent")]
