@@ -450,12 +450,12 @@ class Message(models.Model):
 def attachment_path(attachment: "Attachment", filename: str) -> str:
     """Content-addressed: the same bytes always live at the same path."""
     digest = attachment.sha256
-    return f"attachments/{digest[:2]}/{digest[2:4]}/{digest}{attachment.extension}"
+    return f"attachments/{attachment.owner_id}/{digest[:2]}/{digest}{attachment.extension}"
 
 
 def sent_path(attachment: "Attachment", filename: str) -> str:
     digest = attachment.sha256
-    return f"attachments/{digest[:2]}/{digest[2:4]}/{digest}.sent{attachment.sent_extension}"
+    return f"attachments/{attachment.owner_id}/{digest[:2]}/{digest}.sent{attachment.sent_extension}"
 
 
 class Attachment(models.Model):
@@ -515,6 +515,9 @@ class MessageAttachment(models.Model):
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="message_attachments")
     attachment = models.ForeignKey(Attachment, on_delete=models.PROTECT, related_name="uses")
     position = models.PositiveSmallIntegerField(default=0)
+    # Left out of the history resent upstream: the API refused the request
+    # because of it, and resending it would make every later turn fail too.
+    excluded = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["position", "pk"]
