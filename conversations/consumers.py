@@ -15,10 +15,13 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import transaction
+from django.template.loader import render_to_string
 
 from . import catalog, parameters
 from .generation import ensure_sweeper, start_generation
-from .models import Conversation, LimitReached, Message
+from .models import Attachment, Conversation, LimitReached, Message, RequestTooLarge
+
+MAX_ATTACHMENTS_PER_MESSAGE = 20
 
 
 class ChatError(Exception):
@@ -51,30 +54,59 @@ def _load_conversation(user, public_id) -> tuple[int, str] | None:
     return (conversation.pk, str(conversation.public_id)) if conversation else None
 
 
-def _create_conversation(user) -> tuple[int, str, str]:
-    conversation = Conversation.start(user)
-    return conversation.pk, str(conversation.public_id), conversation.get_absolute_url()
+def _find_attachments(user, ids: Any) -> list[Attachment]:
+    if ids in (None, []):
+        return []
+    if not isinstance(ids, list) or len(ids) > MAX_ATTACHMENTS_PER_MESSAGE:
+        raise ChatError(f"A message can carry at most {MAX_ATTACHMENTS_PER_MESSAGE} attachments.")
+    try:
+        wanted = [uuid.UUID(str(i)) for i in ids]
+    except ValueError:
+        raise ChatError("An attachment could not be found: remove it and attach it again.") from None
+    found = {a.public_id: a for a in Attachment.objects.filter(owner=user, public_id__in=wanted)}
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise ChatError("An attachment could not be found: remove it and attach it again.")
+    return [found[i] for i in dict.fromkeys(wanted)]
 
 
-def _begin_turn(conversation_pk: int, text: str, chosen: parameters.Settings | None) -> dict[str, Any]:
+def _begin_turn(
+    user, conversation_pk: int | None, text: str, chosen: parameters.Settings | None, attachment_ids: Any = None
+) -> dict[str, Any]:
     """Save the person's message and an empty streaming answer, atomically.
 
-    Refuses while another answer in this conversation is still streaming, or
-    when the owner is at a per-user limit.
+    Without a conversation (the "New chat" page) it is created here, in the
+    same transaction: a refused first message leaves no empty chat behind.
+    Refuses while another answer in this conversation is still streaming,
+    when the owner is at a per-user limit, or when the request would be too
+    large for the API; then nothing is saved.
     """
     with transaction.atomic():
-        conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
+        if conversation_pk is None:
+            conversation = Conversation.start(user)
+        else:
+            conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
         try:
             conversation.check_limits()
         except LimitReached as exc:
             raise ChatError(str(exc)) from None
+        files = _find_attachments(conversation.owner, attachment_ids)
         if chosen is not None:
             conversation.apply_settings(chosen)
-        user_message = conversation.add_user_message(text)
-        assistant = conversation.start_assistant_message()
+        user_message = conversation.add_user_message(text, files)
         body = conversation.request_body()
+        try:
+            conversation.check_request_size(body)
+        except RequestTooLarge as exc:
+            raise ChatError(str(exc)) from None  # leaving the block rolls everything back
+        assistant = conversation.start_assistant_message()
+    user_event = user_message.to_client()
+    user_event["article"] = render_to_string("conversations/_message.html", {"m": user_event})
     return {
-        "user": user_message.to_client(),
+        "conversation_pk": conversation.pk,
+        "conversation_id": str(conversation.public_id),
+        "url": conversation.get_absolute_url(),
+        "user": user_event,
         "assistant_pk": assistant.pk,
         "assistant_id": str(assistant.public_id),
         "title": conversation.display_title,
@@ -109,7 +141,6 @@ def _streaming_workers(conversation_pk: int) -> list[tuple[str, str]]:
 
 
 load_conversation = database_sync_to_async(_load_conversation)
-create_conversation = database_sync_to_async(_create_conversation)
 settings_from = database_sync_to_async(_settings_from)  # may ask the upstream for its model list
 begin_turn = database_sync_to_async(_begin_turn)
 begin_retry = database_sync_to_async(_begin_retry)
@@ -179,8 +210,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
 
     async def send_message(self, content: dict[str, Any]) -> None:
-        text = content.get("text")
-        if not isinstance(text, str) or not text.strip():
+        text = content.get("text") or ""
+        attachment_ids = content.get("attachments") or []
+        if not isinstance(text, str) or (not text.strip() and not attachment_ids):
             raise ChatError("Type a message before sending.")
         if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
             raise ChatError(
@@ -188,11 +220,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
         client_id = str(content.get("client_id") or uuid.uuid4())
         chosen = await settings_from(content["settings"]) if content.get("settings") is not None else None
+        turn = await begin_turn(self.scope["user"], self.conversation_pk, text, chosen, attachment_ids)
         if self.conversation_pk is None:
-            self.conversation_pk, self.conversation_id, url = await create_conversation(self.scope["user"])
+            self.conversation_pk, self.conversation_id = turn["conversation_pk"], turn["conversation_id"]
             await self.channel_layer.group_add(self.group, self.channel_name)
-            await self.send_json({"event": "conversation.created", "id": self.conversation_id, "url": url})
-        turn = await begin_turn(self.conversation_pk, text, chosen)
+            await self.send_json({"event": "conversation.created", "id": self.conversation_id, "url": turn["url"]})
         await self.channel_layer.group_send(
             self.group,
             {

@@ -6,13 +6,14 @@ import copy
 import json
 from typing import Any
 
-from .upstream import API_VERSION
+from .upstream import API_VERSION, FileData
 
-ELIDED = "…elided: add ?attachments=1 to include the base64 data…"
+ELIDED = "…elided: tick “Include attachment data” (or add ?attachments=1) to include the base64 data…"
 
 
-def elide_attachments(body: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the body with base64 image and document data replaced by a note."""
+def resolve_attachments(body: dict[str, Any], include: bool) -> dict[str, Any]:
+    """A copy of the body whose base64 image and document data is either read
+    from the files or replaced by a note."""
     body = copy.deepcopy(body)
     for turn in body.get("messages", []):
         content = turn.get("content")
@@ -21,7 +22,11 @@ def elide_attachments(body: dict[str, Any]) -> dict[str, Any]:
         for block in content:
             source = block.get("source") if isinstance(block, dict) else None
             if isinstance(source, dict) and source.get("type") == "base64":
-                source["data"] = ELIDED
+                data = source.get("data")
+                if not include:
+                    source["data"] = ELIDED
+                elif isinstance(data, FileData):
+                    source["data"] = data.read_base64()
     return body
 
 
@@ -31,8 +36,7 @@ def _shell_quote(text: str) -> str:
 
 def curl_command(body: dict[str, Any], *, base_url: str, bearer: bool = False, include_attachments: bool = False) -> str:
     """The key is never included: it is read from the environment by the shell."""
-    if not include_attachments:
-        body = elide_attachments(body)
+    body = resolve_attachments(body, include_attachments)
     credential = (
         '--header "Authorization: Bearer $ANTHROPIC_AUTH_TOKEN"' if bearer else '--header "x-api-key: $ANTHROPIC_API_KEY"'
     )

@@ -58,6 +58,12 @@ def _save_partial(message_pk: int, content: list, usage: dict, upstream_id: str)
 
 def _finish(message_pk: int, fields: dict[str, Any], usage: dict) -> dict[str, Any]:
     message = Message.objects.select_related("conversation").get(pk=message_pk)
+    if fields.get("status") == Message.Status.ERROR:
+        if message.conversation.exclude_refused_attachments(message, fields["error_type"], fields["error"]):
+            fields["error"] += (
+                " The attachments of your message were left out of the conversation, so that later messages "
+                "can still be sent: attach them again (or other files) if you need them."
+            )
     for name, value in fields.items():
         setattr(message, name, value)
     message.set_usage(usage)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -9,12 +10,16 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
+from django.db.models.signals import post_delete, pre_delete
+from django.dispatch import receiver
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
 from . import catalog, parameters
+from .attachments import human_size
 from .markdown import render
+from .upstream import FileData, encode_body
 
 TITLE_LENGTH = 80
 USAGE_FIELDS = (
@@ -23,6 +28,16 @@ USAGE_FIELDS = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
 )
+
+
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_IMAGES_PER_REQUEST = 100
+MANY_IMAGES = 20  # above this many images in a request, each must be small
+MANY_IMAGES_MAX_SIDE = 2000
+
+
+class RequestTooLarge(Exception):
+    """The request would break the API's size or image rules; the text names the largest files."""
 
 
 class LimitReached(Exception):
@@ -108,17 +123,21 @@ class Conversation(models.Model):
         self.updated_at = timezone.now()
         Conversation.objects.filter(pk=self.pk).update(updated_at=self.updated_at)
 
-    def add_user_message(self, text: str) -> "Message":
+    def add_user_message(self, text: str, attachments: list["Attachment"] = ()) -> "Message":
         """Save the person's message (before anything goes upstream)."""
         with transaction.atomic():
             message = self.messages.create(
                 role=Message.Role.USER,
-                content=[{"type": "text", "text": text}],
+                content=[{"type": "text", "text": text}] if text.strip() else [],
                 status=Message.Status.COMPLETE,
+            )
+            MessageAttachment.objects.bulk_create(
+                MessageAttachment(message=message, attachment=attachment, position=position)
+                for position, attachment in enumerate(attachments)
             )
             fields = {"updated_at": message.created_at}
             if not self.title:
-                self.title = title_from_text(text)
+                self.title = title_from_text(text) if text.strip() else attachments[0].original_name
                 fields["title"] = self.title
             Conversation.objects.filter(pk=self.pk).update(**fields)
             self.updated_at = message.created_at
@@ -164,9 +183,16 @@ class Conversation(models.Model):
         history that was sent when it was written.
         """
         turns: list[dict[str, Any]] = []
-        history = self.messages.order_by("created_at", "pk")
+        history = self.messages.order_by("created_at", "pk").prefetch_related(
+            models.Prefetch(
+                "message_attachments",
+                queryset=MessageAttachment.objects.filter(excluded=False).select_related("attachment"),
+                to_attr="sent_attachments",
+            )
+        )
         if before is not None:
             history = history.filter(created_at__lt=before.created_at)
+        with_files: list[int] = []  # turns holding attachments
         for message in history:
             content = message.to_api_content()
             if not content:
@@ -175,8 +201,12 @@ class Conversation(models.Model):
                 turns[-1]["content"] = turns[-1]["content"] + content
             else:
                 turns.append({"role": message.role, "content": content})
+            if message.sent_attachments:
+                with_files.append(len(turns) - 1)
         while turns and turns[-1]["role"] == Message.Role.ASSISTANT:
             turns.pop()  # the request must end with the person's turn
+        if with_files:
+            place_cache_breakpoints(turns, [i for i in with_files if i < len(turns)])
         return turns
 
     def usage_totals(self) -> dict[str, Any]:
@@ -198,6 +228,52 @@ class Conversation(models.Model):
             cost += row_cost or 0
         totals["cost"] = format_cost(cost) if priced else None
         return totals
+
+    def exclude_refused_attachments(self, answer: "Message", error_type: str, error: str) -> int:
+        """After the API refused a turn because of its files, leave them out of
+        the history, or every later request would be refused too."""
+        about_files = error_type == "request_too_large" or (
+            error_type == "invalid_request_error" and re.search(r"image|document|pdf|media.type|base64", error, re.I)
+        )
+        if not about_files:
+            return 0
+        turn = (
+            self.messages.filter(role=Message.Role.USER, created_at__lte=answer.created_at)
+            .order_by("-created_at", "-pk")
+            .first()
+        )
+        return MessageAttachment.objects.filter(message=turn, excluded=False).update(excluded=True) if turn else 0
+
+    def check_request_size(self, body: dict[str, Any]) -> None:
+        """Refuse, before sending, a request the API would refuse for its size or images.
+
+        The whole history is resent each turn, so earlier attachments count too.
+        """
+        length, _ = encode_body(body)
+        uses = list(
+            MessageAttachment.objects.filter(message__conversation=self, excluded=False).select_related("attachment")
+        )
+        images = [u.attachment for u in uses if u.attachment.is_image]
+        if length > MAX_REQUEST_BYTES:
+            largest = sorted({u.attachment for u in uses}, key=lambda a: a.sent_size_bytes, reverse=True)[:3]
+            named = ", ".join(f"{a.original_name} ({human_size(a.sent_size_bytes)})" for a in largest)
+            raise RequestTooLarge(
+                f"Not sent: with its attachments this conversation would be a {human_size(length)} request, "
+                f"over the API's 32 MB limit. The largest attachments: {named}. "
+                "Remove some attachments from your message, or start a new chat for them."
+            )
+        if len(images) > MAX_IMAGES_PER_REQUEST:
+            raise RequestTooLarge(
+                f"Not sent: this conversation would send {len(images)} images; the API accepts at most "
+                f"{MAX_IMAGES_PER_REQUEST} in one request. Remove some, or start a new chat for them."
+            )
+        if len(images) > MANY_IMAGES:
+            too_big = [a for a in images if max(a.sent_dimensions) > MANY_IMAGES_MAX_SIDE]
+            if too_big:
+                raise RequestTooLarge(
+                    f"Not sent: with more than {MANY_IMAGES} images in a request, each must be at most "
+                    f"{MANY_IMAGES_MAX_SIDE}×{MANY_IMAGES_MAX_SIDE} pixels; {too_big[0].original_name} is larger."
+                )
 
     def request_params(self) -> dict[str, Any]:
         """The request's fields other than `messages`, from the saved settings."""
@@ -226,6 +302,31 @@ class Preferences(models.Model):
     @classmethod
     def remember(cls, user_id: int, chosen: parameters.Settings) -> None:
         cls.objects.update_or_create(user_id=user_id, defaults={"model": chosen.model, "params": chosen.to_params()})
+
+
+MAX_CACHE_BREAKPOINTS = 4
+
+
+def place_cache_breakpoints(turns: list[dict[str, Any]], turns_with_files: list[int]) -> None:
+    """Mark cached prefixes so that later turns reuse the one holding attachments.
+
+    Breakpoints go on the last block of: the newest user turn (cached for the
+    next request), the user turn before it (where the previous request put its
+    breakpoint: read back now), and the newest turn holding attachments. At
+    most three, under the API's limit of four.
+    """
+    users = [i for i, turn in enumerate(turns) if turn["role"] == Message.Role.USER]
+    chosen = []
+    for index in (users[-1:] + users[-2:-1] + turns_with_files[-1:]):
+        if index not in chosen:
+            chosen.append(index)
+    for index in chosen[: MAX_CACHE_BREAKPOINTS - 1]:
+        content = turns[index]["content"]
+        for position in range(len(content) - 1, -1, -1):
+            block = content[position]
+            if block.get("type") in ("text", "image", "document") and (block.get("type") != "text" or block.get("text")):
+                content[position] = {**block, "cache_control": {"type": "ephemeral"}}
+                break
 
 
 def client_blocks(content: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -258,6 +359,16 @@ def title_from_text(text: str) -> str:
 
 
 class MessageQuerySet(models.QuerySet):
+    def with_attachments(self) -> "MessageQuerySet":
+        """Prefetch each message's attachments (for the page: one query for all)."""
+        return self.prefetch_related(
+            models.Prefetch(
+                "message_attachments",
+                queryset=MessageAttachment.objects.select_related("attachment"),
+                to_attr="all_attachments",
+            )
+        )
+
     def stale_streaming(self, older_than_seconds: float) -> "MessageQuerySet":
         """Answers still marked streaming whose writer has not saved for a while.
 
@@ -372,6 +483,9 @@ class Message(models.Model):
         blocks are returned byte for byte as they were received.
         """
         blocks = []
+        if self.role == Message.Role.USER:  # images and documents come before the text
+            uses = self.sent_attachments if hasattr(self, "sent_attachments") else self.included_attachments()
+            blocks = [use.attachment.api_block() for use in uses]
         for block in self.content:
             kind = block.get("type")
             if kind == "text":
@@ -393,6 +507,9 @@ class Message(models.Model):
             if blocks:
                 blocks[-1] = {"type": "text", "text": blocks[-1]["text"].rstrip()}
         return blocks
+
+    def included_attachments(self) -> list["MessageAttachment"]:
+        return list(self.message_attachments.filter(excluded=False).select_related("attachment"))
 
     def reset_for_retry(self) -> None:
         """Empty this answer so that a new generation writes it again."""
@@ -435,6 +552,14 @@ class Message(models.Model):
             "role": self.role,
             "status": self.status,
             "blocks": client_blocks(self.content, self.meta) if self.role == Message.Role.ASSISTANT else [],
+            "attachments": [
+                {**use.attachment.to_client(), "excluded": use.excluded}
+                for use in (
+                    self.all_attachments if hasattr(self, "all_attachments") else self.message_attachments.select_related("attachment")
+                )
+            ]
+            if self.role == Message.Role.USER
+            else [],
             "cost": format_cost(self.cost) if self.role == Message.Role.ASSISTANT else None,
             "stop_sequence": self.stop_sequence,
             "model": self.model,
@@ -508,6 +633,46 @@ class Attachment(models.Model):
     def is_image(self) -> bool:
         return self.media_type.startswith("image/")
 
+    @property
+    def sent_size_bytes(self) -> int:
+        return self.sent_size if self.sent_file else self.size
+
+    @property
+    def sent_dimensions(self) -> tuple[int, int]:
+        """Width and height of what is sent (the downscaled copy when there is one)."""
+        width, height = self.width or 0, self.height or 0
+        longest = max(width, height)
+        if self.sent_file and longest > 1568:
+            return round(width * 1568 / longest), round(height * 1568 / longest)
+        return width, height
+
+    def api_block(self) -> dict[str, Any]:
+        """An image or document block whose base64 data is read while the request is sent."""
+        stored = self.sent_file if self.sent_file else self.file
+        data = FileData(lambda: stored.storage.open(stored.name, "rb"), self.sent_size_bytes)
+        if self.is_image:
+            media_type = self.sent_media_type if self.sent_file else self.media_type
+            return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        return {
+            "type": "document",
+            "source": {"type": "base64", "media_type": self.media_type, "data": data},
+            "title": self.original_name,
+        }
+
+    def to_client(self) -> dict[str, Any]:
+        return {
+            "id": str(self.public_id),
+            "name": self.original_name,
+            "media_type": self.media_type,
+            "size": self.size,
+            "size_text": human_size(self.size),
+            "width": self.width,
+            "height": self.height,
+            "pages": self.page_count,
+            "url": reverse("attachment", args=[self.public_id]),
+            "is_image": self.is_image,
+        }
+
 
 class MessageAttachment(models.Model):
     """An attachment in a message, in the order the person attached them."""
@@ -547,3 +712,26 @@ class TranscriptView(models.Model):
     class Meta:
         ordering = ["-viewed_at"]
         indexes = [models.Index(fields=["conversation", "-viewed_at"], name="audit_conversation_recent")]
+
+
+@receiver(pre_delete, sender=Conversation)
+def _remember_attachments(sender, instance: Conversation, **kwargs) -> None:
+    instance._attachment_ids = set(
+        MessageAttachment.objects.filter(message__conversation=instance).values_list("attachment_id", flat=True)
+    )
+
+
+@receiver(post_delete, sender=Conversation)
+def _delete_unused_attachments(sender, instance: Conversation, **kwargs) -> None:
+    """Deleting a conversation frees the files that no other message uses."""
+    ids = getattr(instance, "_attachment_ids", set())
+    if ids:
+        for attachment in Attachment.objects.filter(pk__in=ids, uses__isnull=True):
+            attachment.delete()
+
+
+@receiver(post_delete, sender=Attachment)
+def _delete_attachment_files(sender, instance: Attachment, **kwargs) -> None:
+    for stored in (instance.file, instance.sent_file):
+        if stored:
+            stored.storage.delete(stored.name)

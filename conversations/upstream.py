@@ -8,11 +8,14 @@ the final message from the events the way the official SDKs do.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import random
+import re
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import IO, Any, AsyncIterator, Callable
 
 import httpx
 from httpx_sse import EventSource, SSEError, aconnect_sse
@@ -23,6 +26,69 @@ API_VERSION = "2023-06-01"
 # longest silence tolerated between two bytes of the stream, and matches the
 # official SDKs' ten-minute default. Connecting and sending are quick or broken.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=30.0)
+
+
+class FileData:
+    """The base64 `data` of an image or document block, read from its file and
+    encoded while the request body is being sent: the whole encoded file is
+    never held in memory, so a request carrying 30 MB of PDFs costs a few
+    chunks of memory, not several copies of the files."""
+
+    CHUNK = 3 * 256 * 1024  # a multiple of 3: the base64 chunks join without padding
+
+    def __init__(self, open_file: Callable[[], IO[bytes]], size: int):
+        self.open_file = open_file
+        self.size = size
+
+    @property
+    def encoded_length(self) -> int:
+        return 4 * ((self.size + 2) // 3)
+
+    async def aiter_base64(self) -> AsyncIterator[bytes]:
+        handle = await asyncio.to_thread(self.open_file)
+        try:
+            while chunk := await asyncio.to_thread(handle.read, self.CHUNK):
+                yield base64.b64encode(chunk)
+        finally:
+            handle.close()
+
+    def read_base64(self) -> str:
+        with self.open_file() as handle:
+            return base64.b64encode(handle.read()).decode()
+
+
+def encode_body(body: dict[str, Any]) -> tuple[int, Callable[[], AsyncIterator[bytes]]]:
+    """(Content-Length, a factory of the body's bytes): JSON whose FileData
+    values are streamed as base64 strings. The factory can be called again
+    for a retry."""
+    files: list[FileData] = []
+    marker = f"@@file-{uuid.uuid4().hex}-"
+
+    def placeholder(value: Any) -> str:
+        if isinstance(value, FileData):
+            files.append(value)
+            return f"{marker}{len(files) - 1}@@"
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    text = json.dumps(body, default=placeholder, ensure_ascii=False)
+    pieces = re.split(f'"{re.escape(marker)}(\\d+)@@"', text)
+    parts: list[bytes | FileData] = []
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            parts += [b'"', files[int(piece)], b'"']
+        elif piece:
+            parts.append(piece.encode())
+    length = sum(p.encoded_length if isinstance(p, FileData) else len(p) for p in parts)
+
+    async def stream() -> AsyncIterator[bytes]:
+        for part in parts:
+            if isinstance(part, FileData):
+                async for chunk in part.aiter_base64():
+                    yield chunk
+            else:
+                yield part
+
+    return length, stream
 
 
 @dataclass(frozen=True)
@@ -275,12 +341,13 @@ class MessageStream:
 
     async def __aenter__(self) -> "MessageStream":
         url = self.config.base_url.rstrip("/") + "/v1/messages"
+        length, content = encode_body(self.body)
         self._cm = aconnect_sse(
             self.client,
             "POST",
             url,
-            content=json.dumps(self.body).encode(),
-            headers=self.config.headers(),
+            content=content(),
+            headers={**self.config.headers(), "content-length": str(length)},
             timeout=self.config.timeout,
         )
         try:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import review, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -8,4 +8,7 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/transcript/", views.transcript, name="transcript"),
     path("c/<uuid:conversation_id>/m/<uuid:message_id>/curl/", views.copy_as_curl, name="copy-as-curl"),
     path("settings/", views.save_settings, name="save-settings"),
+    path("attachments/", views.upload_attachment, name="upload-attachment"),
+    path("attachments/<uuid:attachment_id>/", views.attachment_file, name="attachment"),
+    path("m/<uuid:message_id>/report/", review.report_message, name="report-message"),
 ]

@@ -3,14 +3,14 @@ import json
 from django.conf import settings
 from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import catalog, parameters
+from . import attachments, catalog, parameters
 from .curl import curl_command
 from .forms import SignupForm
-from .models import Conversation, Message, Preferences
+from .models import Attachment, Conversation, Message, Preferences
 
 SIDEBAR_SIZE = 50
 
@@ -30,7 +30,7 @@ def _new_chat_settings(user) -> parameters.Settings:
 
 def _chat_context(request, conversation: Conversation | None) -> dict:
     sidebar = Conversation.objects.for_user(request.user).for_sidebar()[:SIDEBAR_SIZE]
-    messages = list(conversation.messages.all()) if conversation else []
+    messages = list(conversation.messages.with_attachments()) if conversation else []
     chosen = conversation.chat_settings if conversation else _new_chat_settings(request.user)
     models = catalog.available_models()
     if not any(m["id"] == chosen.model for m in models):
@@ -75,7 +75,7 @@ def conversation(request, conversation_id):
 def transcript(request, conversation_id):
     """The transcript alone: the page fetches it after a reconnect."""
     conversation = _get_conversation_for_user(request, conversation_id)
-    messages = [m.to_client() for m in conversation.messages.all()]
+    messages = [m.to_client() for m in conversation.messages.with_attachments()]
     return render(request, "conversations/_transcript.html", {"transcript": messages})
 
 
@@ -142,3 +142,44 @@ def copy_as_curl(request, conversation_id, message_id):
         include_attachments=request.GET.get("attachments") == "1",
     )
     return HttpResponse(command, content_type="text/plain; charset=utf-8")
+
+
+@login_required
+@require_POST
+def upload_attachment(request):
+    """One file from the composer (multipart, CSRF-protected): stored, or refused
+    with a sentence naming the file and the reason."""
+    upload = request.FILES.get("file")
+    if upload is None:
+        return JsonResponse({"ok": False, "error": "No file arrived: attach it again."}, status=400)
+    try:
+        attachment = attachments.store(request.user, upload.name, upload)
+    except attachments.Refused as exc:
+        return JsonResponse({"ok": False, "error": str(exc)}, status=400)
+    return JsonResponse({"ok": True, "attachment": attachment.to_client()})
+
+
+@login_required
+@require_http_methods(["GET", "HEAD"])
+def attachment_file(request, attachment_id):
+    """An attachment, to its owner and to staff only; anyone else gets 404.
+
+    `?thumb=1` serves the smaller copy made for the API when there is one.
+    """
+    found = Attachment.objects.filter(public_id=attachment_id)
+    if not request.user.is_staff:
+        found = found.filter(owner=request.user)
+    attachment = get_object_or_404(found)
+    stored = attachment.sent_file if request.GET.get("thumb") and attachment.sent_file else attachment.file
+    media_type = attachment.sent_media_type if stored is attachment.sent_file else attachment.media_type
+    response = FileResponse(
+        stored.storage.open(stored.name, "rb"),
+        content_type=media_type,
+        as_attachment=request.GET.get("download") == "1",
+        filename=attachment.original_name,
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, max-age=3600"
+    if attachment.is_image:
+        response["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
+    return response

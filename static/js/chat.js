@@ -1,5 +1,7 @@
 // The chat page: composer, socket, sidebar. Protocol: docs/websocket-protocol.md.
 
+import "./report.js";
+import { PendingFiles } from "./attachments.js";
 import { SettingsPanel } from "./settings.js";
 import { ReconnectingSocket } from "./socket.js";
 import { Transcript } from "./transcript.js";
@@ -19,6 +21,29 @@ let pending = null; // client_id of the message waiting for the server's receipt
 let pendingFromBox = false; // whether that message is the composer's text (to clear it)
 
 const draftKey = () => `chat-draft:${conversationId || "new"}`;
+const filesKey = () => `chat-files:${conversationId || "new"}`;
+let sendWhenUploaded = false;
+
+const files = new PendingFiles({
+  list: $("pending-files"),
+  input: $("attach"),
+  dropZone: $("chat"),
+  pasteTarget: box,
+  draftKey: filesKey,
+  onChange: () => {
+    if (sendWhenUploaded && !files.uploading) {
+      sendWhenUploaded = false;
+      if (files.refused.length) showAlert("Not sent: a file was refused (see above). Remove it, then send again.");
+      else send();
+    }
+    updateSendButton();
+  },
+});
+
+function updateSendButton() {
+  sendButton.disabled = pending !== null;
+  sendButton.title = files.uploading ? "Send once the files are uploaded" : "Send (Enter)";
+}
 
 const settings = new SettingsPanel({
   panel: $("settings-panel"),
@@ -69,11 +94,13 @@ function handle(event) {
     case "conversation.created":
       conversationId = event.id;
       settings.setConversation(event.id);
+      files.moveDraft("chat-files:new");
       history.replaceState(null, "", event.url);
       moveDraft("new", conversationId);
       break;
     case "message.user":
       $("welcome")?.remove();
+      if (connection.dataset.state === "open") connection.textContent = "";
       transcript.addUserMessage(event.message);
       updateSidebar(event.conversation);
       if (event.client_id === pending) {
@@ -82,6 +109,7 @@ function handle(event) {
           box.value = "";
           localStorage.removeItem(draftKey());
           resize();
+          files.clear();
         }
         showAlert("");
       }
@@ -102,7 +130,7 @@ function handle(event) {
       }
       break;
   }
-  sendButton.disabled = pending !== null;
+  updateSendButton();
 }
 
 async function refreshTranscript() {
@@ -120,7 +148,13 @@ function showAlert(text) {
 
 function send() {
   const text = box.value;
-  if (!text.trim()) { showAlert("Type a message before sending."); box.focus(); return; }
+  if (files.uploading) {
+    sendWhenUploaded = true;
+    showAlert("");
+    connection.textContent = "Uploading files… the message goes as soon as they are done.";
+    return;
+  }
+  if (!text.trim() && !files.ready.length) { showAlert("Type a message before sending."); box.focus(); return; }
   sendText(text, true);
 }
 
@@ -135,7 +169,8 @@ function sendText(text, fromBox = false) {
   pending = crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random();
   pendingFromBox = fromBox;
   sendButton.disabled = true;
-  socket.send({ action: "send", text, client_id: pending, settings: settings.values() });
+  const attachments = fromBox ? files.ids() : [];
+  socket.send({ action: "send", text, client_id: pending, settings: settings.values(), attachments });
 }
 
 function showTotals(totals) {

@@ -1,3 +1,5 @@
+import { csrfToken } from "./attachments.js";
+
 // The settings panel: model and request parameters of this conversation.
 // Every change is validated and saved by the server (the same rules as a send),
 // which answers with a sentence per broken rule; those show inline.
@@ -122,7 +124,3 @@ export class SettingsPanel {
   }
 }
 
-function csrfToken() {
-  const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-  return match ? decodeURIComponent(match[1]) : "";
-}

@@ -64,11 +64,9 @@ export class Transcript {
 
   addUserMessage(message) {
     if (this.article(message.id)) return;
-    const article = el("article", { class: "msg msg-user", "data-role": "user", "data-id": message.id, "data-status": message.status });
-    const bubble = el("div", { class: "bubble" });
-    bubble.textContent = message.text;
-    article.append(bubble);
-    this.root.append(article);
+    const template = document.createElement("template");
+    template.innerHTML = message.article; // the server's message template: the person's text escaped
+    this.root.append(template.content);
     this.scrollToBottom();
   }
 
