@@ -30,7 +30,6 @@ USAGE_FIELDS = (
 )
 
 
-MAX_REQUEST_BYTES = 32 * 1024 * 1024
 MAX_IMAGES_PER_REQUEST = 100
 MANY_IMAGES = 20  # above this many images in a request, each must be small
 MANY_IMAGES_MAX_SIDE = 2000
@@ -254,12 +253,12 @@ class Conversation(models.Model):
             MessageAttachment.objects.filter(message__conversation=self, excluded=False).select_related("attachment")
         )
         images = [u.attachment for u in uses if u.attachment.is_image]
-        if length > MAX_REQUEST_BYTES:
+        if length > settings.CHAT_MAX_REQUEST_BYTES:
             largest = sorted({u.attachment for u in uses}, key=lambda a: a.sent_size_bytes, reverse=True)[:3]
             named = ", ".join(f"{a.original_name} ({human_size(a.sent_size_bytes)})" for a in largest)
             raise RequestTooLarge(
                 f"Not sent: with its attachments this conversation would be a {human_size(length)} request, "
-                f"over the API's 32 MB limit. The largest attachments: {named}. "
+                f"over the API's {human_size(settings.CHAT_MAX_REQUEST_BYTES)} limit. The largest attachments: {named}. "
                 "Remove some attachments from your message, or start a new chat for them."
             )
         if len(images) > MAX_IMAGES_PER_REQUEST:

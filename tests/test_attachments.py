@@ -205,8 +205,8 @@ async def test_upstream_receives_the_exact_bytes_before_the_text_and_later_turns
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("settle")
-async def test_too_large_request_is_refused_naming_the_largest_files(alice, fake_upstream, settings, monkeypatch):
-    monkeypatch.setattr("conversations.models.MAX_REQUEST_BYTES", 3_000)
+async def test_too_large_request_is_refused_naming_the_largest_files(alice, fake_upstream, settings):
+    settings.CHAT_MAX_REQUEST_BYTES = 3_000
     from django.test import Client
 
     client = Client()
@@ -220,7 +220,7 @@ async def test_too_large_request_is_refused_naming_the_largest_files(alice, fake
     error = await receive_until(socket, "error")
     await socket.disconnect()
     assert error["client_id"] == "c1"
-    assert "over the API's 32 MB limit" in error["message"] and error["message"].index("big.pdf") < error["message"].index("small.png")
+    assert "request, over the API's 3 KB limit" in error["message"] and error["message"].index("big.pdf") < error["message"].index("small.png")
     assert fake_upstream.requests == [] and not await database_sync_to_async(conversation.messages.exists)()
 
 
