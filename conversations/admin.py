@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
@@ -19,10 +20,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
 from . import catalog, review
-from .models import Attachment, Conversation, Message, Report, TranscriptView
+from .models import Attachment, Conversation, Message, Report, TranscriptView, format_cost
 
 admin.site.site_header = "Claude Chat administration"
 admin.site.site_title = "Claude Chat admin"
@@ -120,6 +122,7 @@ class LastActivityFilter(admin.DateFieldListFilter):
 
 # --- conversations --------------------------------------------------------------
 
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = (
@@ -151,13 +154,14 @@ class ConversationAdmin(admin.ModelAdmin):
     view_on_site = False  # the chat page is its owner's alone (404 for staff)
     fieldsets = (
         (None, {"fields": (("owner", "model_column"), ("created", "last_activity"), "usage", "public_id")}),
-        ("Settings", {"classes": ("collapse",), "fields": ("settings",)}),
-        ("Review", {"fields": ("review_status", "review_notes", "reviewed_by", "reviewed_when")}),
+        ("Settings", {"classes": ("collapse",), "fields": ("request_parameters",)}),
+        ("Review", {"fields": ("review_status", "review_notes", "reviewer", "reviewed_when")}),
     )
     # Everything but review_status and review_notes (users with only the view
     # permission see those read-only too).
     readonly_fields = (
-        "owner", "model_column", "created", "last_activity", "usage", "public_id", "settings", "reviewed_by", "reviewed_when",
+        "owner", "model_column", "created", "last_activity", "usage", "public_id", "request_parameters", "reviewer",
+        "reviewed_when",
     )
 
     class Media:
@@ -235,6 +239,10 @@ class ConversationAdmin(admin.ModelAdmin):
     def created(self, obj):
         return when(obj.created_at)
 
+    @admin.display(description="reviewed by")
+    def reviewer(self, obj):
+        return obj.reviewed_by.get_username() if obj.reviewed_by else "—"
+
     @admin.display(description="reviewed at")
     def reviewed_when(self, obj):
         return when(obj.reviewed_at)
@@ -258,7 +266,12 @@ class ConversationAdmin(admin.ModelAdmin):
 
     @admin.display(description="last activity", ordering="updated_at")
     def last_activity_short(self, obj):
-        return format_html('<time datetime="{}" title="{}">{}</time>', obj.updated_at.isoformat(), when(obj.updated_at), when(obj.updated_at, short=True))
+        return format_html(
+            '<time datetime="{}" title="{}">{}</time>',
+            obj.updated_at.isoformat(),
+            when(obj.updated_at),
+            when(obj.updated_at, short=True),
+        )
 
     @admin.display(description="review", ordering="review_status")
     def review_column(self, obj):
@@ -281,21 +294,30 @@ class ConversationAdmin(admin.ModelAdmin):
         )
 
     @admin.display(description="request parameters")
-    def settings(self, obj):
+    def request_parameters(self, obj):
         return format_html(
             '<pre class="review-json">{}</pre>', json.dumps(obj.params or {}, indent=2, ensure_ascii=False)
         )
 
     # actions
 
+    def _bulk_review(self, request, queryset, status: str) -> int:
+        """Set the status and write one history entry per conversation."""
+        conversations = list(queryset)
+        count = review.set_review_status(queryset, status, request.user)
+        LogEntry.objects.log_actions(
+            request.user.pk, conversations, CHANGE, change_message=f"Review status set to {status} (bulk action)."
+        )
+        return count
+
     @admin.action(description="Mark selected conversations reviewed (OK)", permissions=["change"])
     def mark_reviewed(self, request, queryset):
-        count = review.set_review_status(queryset, Conversation.ReviewStatus.OK, request.user)
+        count = self._bulk_review(request, queryset, Conversation.ReviewStatus.OK)
         self.message_user(request, f"Marked {count} conversation{'s' if count != 1 else ''} reviewed.")
 
     @admin.action(description="Flag selected conversations", permissions=["change"])
     def flag(self, request, queryset):
-        count = review.set_review_status(queryset, Conversation.ReviewStatus.FLAGGED, request.user)
+        count = self._bulk_review(request, queryset, Conversation.ReviewStatus.FLAGGED)
         self.message_user(request, f"Flagged {count} conversation{'s' if count != 1 else ''}.")
 
     @admin.action(description="Export selected conversations as JSON", permissions=["view"])
@@ -324,7 +346,9 @@ class OpensTranscriptAdmin(ReadOnlyAdmin):
 
 @admin.register(Message)
 class MessageAdmin(OpensTranscriptAdmin):
-    list_display = ("excerpt", "conversation_column", "owner", "role", "status", "model_column", "tokens", "cost_column", "created")
+    list_display = (
+        "excerpt", "conversation_column", "owner", "role", "status", "model_column", "tokens", "cost_column", "created",
+    )  # fmt: skip
     list_select_related = ("conversation__owner",)
     ordering = ("-created_at",)
     list_filter = ("role", "status", "model", "created_at")
@@ -365,7 +389,7 @@ class MessageAdmin(OpensTranscriptAdmin):
 
     @admin.display(description="cost")
     def cost_column(self, obj):
-        return review.format_cost(obj.cost) or ""
+        return format_cost(obj.cost) or ""
 
 
 # --- attachments ------------------------------------------------------------------
@@ -391,13 +415,15 @@ class AttachmentAdmin(ReadOnlyAdmin):
         url = review.attachment_url(obj)
         if obj.is_image:
             return format_html('<img class="attachment-thumb" src="{}?thumb=1" alt="" loading="lazy">', url)
-        return format_html('<span class="attachment-doc" aria-hidden="true">PDF</span>')
+        return mark_safe('<span class="attachment-doc" aria-hidden="true">PDF</span>')
 
     @admin.display(description="file")
     def large_preview(self, obj):
         url = review.attachment_url(obj)
         if obj.is_image:
-            return format_html('<a href="{}"><img class="attachment-large" src="{}" alt="{}"></a>', url, url, obj.original_name)
+            return format_html(
+                '<a href="{}"><img class="attachment-large" src="{}" alt="{}"></a>', url, url, obj.original_name
+            )
         return format_html('<a href="{}">Open {}</a>', url, obj.original_name)
 
     @admin.display(description="size", ordering="size")
@@ -415,11 +441,11 @@ class AttachmentAdmin(ReadOnlyAdmin):
     @admin.display(description="used in")
     def used_in(self, obj):
         uses = obj.uses.select_related("message__conversation").order_by("message__created_at")
-        return format_html_join(
-            "",
-            '<div><a href="{}">{}</a></div>',
-            ((transcript_url(u.message.conversation_id, u.message.public_id), u.message.conversation.display_title) for u in uses),
-        ) or "—"
+        links = [
+            (transcript_url(use.message.conversation_id, use.message.public_id), use.message.conversation.display_title)
+            for use in uses
+        ]
+        return format_html_join("", '<div><a href="{}">{}</a></div>', links) if links else "—"
 
 
 # --- reports and the audit ---------------------------------------------------------
@@ -427,7 +453,7 @@ class AttachmentAdmin(ReadOnlyAdmin):
 
 @admin.register(Report)
 class ReportAdmin(OpensTranscriptAdmin):
-    list_display = ("created_at", "reporter", "conversation_column", "answer", "reason_column", "review_status")
+    list_display = ("reported", "reporter", "conversation_column", "answer", "reason_column", "review_status")
     list_select_related = ("reporter", "message__conversation")
     list_filter = ("message__conversation__review_status", "created_at")
     search_fields = ("reason", "reporter__username", "message__conversation__title")
@@ -436,6 +462,10 @@ class ReportAdmin(OpensTranscriptAdmin):
 
     def message_of(self, obj):
         return obj.message
+
+    @admin.display(description="reported", ordering="created_at")
+    def reported(self, obj):
+        return when(obj.created_at, short=True)
 
     @admin.display(description="conversation", ordering="message__conversation__title")
     def conversation_column(self, obj):
@@ -463,13 +493,17 @@ class ReportAdmin(OpensTranscriptAdmin):
 class TranscriptViewAdmin(ReadOnlyAdmin):
     """Who opened which transcript, and when: shown, never changed."""
 
-    list_display = ("viewed_at", "viewer_name", "conversation_column", "owner")
+    list_display = ("viewed", "viewer_name", "conversation_column", "owner")
     list_display_links = None
     list_select_related = ("conversation__owner",)
     list_filter = (("viewer", admin.RelatedOnlyFieldListFilter), "viewed_at")
     search_fields = ("viewer_name", "conversation__title", "conversation__owner__username")
     list_per_page = 100
     show_full_result_count = False
+
+    @admin.display(description="viewed", ordering="viewed_at")
+    def viewed(self, obj):
+        return date_format(timezone.localtime(obj.viewed_at), "M j, Y, H:i:s")
 
     @admin.display(description="conversation", ordering="conversation__title")
     def conversation_column(self, obj):

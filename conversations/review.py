@@ -405,7 +405,13 @@ def export(queryset, absolute_uri=lambda path: path) -> dict[str, Any]:
 
 
 def export_response(queryset, request) -> HttpResponse:
+    """The export as a download; exporting a transcript counts as opening it (audited)."""
     data = export(queryset, absolute_uri=request.build_absolute_uri)
+    ids = [row["id"] for row in data["conversations"]]
+    TranscriptView.objects.bulk_create(
+        TranscriptView(conversation_id=pk, viewer=request.user, viewer_name=request.user.get_username())
+        for pk in Conversation.objects.filter(public_id__in=ids).values_list("pk", flat=True)
+    )
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     response = HttpResponse(
         json.dumps(data, cls=DjangoJSONEncoder, ensure_ascii=False, indent=2),

@@ -50,6 +50,8 @@ function build() {
   document.body.append(box);
 
   cancel.addEventListener("click", () => box.close());
+  // Escape closes this dialog only (the chat page stops a streaming answer on Escape).
+  box.addEventListener("keydown", (event) => { if (event.key === "Escape") event.stopPropagation(); });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (status.hidden === false) { box.close(); return; }
