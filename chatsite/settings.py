@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "conversations",
+    "django.contrib.postgres",  # full-text search helpers (used only on PostgreSQL)
 ]
 
 MIDDLEWARE = [
@@ -207,6 +208,9 @@ CHAT_MODEL_LIST_TTL = 3600
 CHAT_ALLOW_SIGNUP = env_bool("CHAT_ALLOW_SIGNUP", True)
 CHAT_DEFAULT_MODEL = env_str("CHAT_DEFAULT_MODEL") or "claude-opus-4-5-20251101"
 CHAT_DEFAULT_MAX_TOKENS = env_int("CHAT_DEFAULT_MAX_TOKENS", 8192)
+# Titles are written by a small non-streaming request to a cheap model.
+CHAT_TITLE_MODEL = env_str("CHAT_TITLE_MODEL") or "claude-haiku-4-5-20251001"
+CHAT_GENERATE_TITLES = env_bool("CHAT_GENERATE_TITLES", True)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 200_000)
 # Streaming cadence: deltas reach sockets in batches this often (seconds); the
 # partial answer is written to the database at least this often.

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.template.loader import render_to_string
 
-from . import catalog, parameters
+from . import browsing, catalog, parameters
 from .generation import ensure_sweeper, start_generation
 from .models import Attachment, Conversation, LimitReached, Message, RequestTooLarge
 
@@ -168,6 +168,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 return
             self.conversation_pk, self.conversation_id = found
             await self.channel_layer.group_add(self.group, self.channel_name)
+        # Every socket of this person hears of renamed, pinned, archived, new and
+        # deleted conversations, whatever conversation it shows.
+        await self.channel_layer.group_add(browsing.user_group(user.pk), self.channel_name)
         await self.accept()
         ensure_sweeper()
         if self.conversation_pk is not None:
@@ -176,6 +179,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.conversation_pk is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            await self.channel_layer.group_discard(browsing.user_group(user.pk), self.channel_name)
 
     async def catch_up(self, only: str | None = None) -> None:
         """Ask each running generation for the text so far (sent to this socket only).
@@ -225,6 +231,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             self.conversation_pk, self.conversation_id = turn["conversation_pk"], turn["conversation_id"]
             await self.channel_layer.group_add(self.group, self.channel_name)
             await self.send_json({"event": "conversation.created", "id": self.conversation_id, "url": turn["url"]})
+            await self.channel_layer.group_send(
+                browsing.user_group(self.scope["user"].pk),
+                {"type": "chat.event", "payload": {"event": "conversation.added", "conversation": {"id": self.conversation_id, "title": turn["title"]}}},
+            )
         await self.channel_layer.group_send(
             self.group,
             {
@@ -248,7 +258,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             {"type": "chat.event", "payload": {"event": "message.start", "message": turn["assistant_id"], "seq": 0}},
         )
         start_generation(
-            message_pk=turn["assistant_pk"], message_id=turn["assistant_id"], group=self.group, body=turn["body"]
+            message_pk=turn["assistant_pk"],
+            message_id=turn["assistant_id"],
+            group=self.group,
+            body=turn["body"],
+            conversation_pk=self.conversation_pk,
         )
 
     async def stop(self) -> None:

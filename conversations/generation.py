@@ -22,10 +22,12 @@ from django.utils import timezone
 
 from .markdown import StreamingMarkdown
 from .models import USAGE_FIELDS, Message
+from . import browsing
 from .catalog import upstream_config
 from .upstream import (
     MessageStream,
     UpstreamError,
+    create_message,
     describe_error,
     get_client,
     is_retryable,
@@ -93,7 +95,8 @@ recover_interrupted = database_sync_to_async(_recover_interrupted)
 
 
 class Generation:
-    def __init__(self, *, message_pk: int, message_id: str, group: str, body: dict[str, Any]):
+    def __init__(self, *, message_pk: int, message_id: str, group: str, body: dict[str, Any], conversation_pk: int):
+        self.conversation_pk = conversation_pk
         self.message_pk = message_pk
         self.message_id = message_id
         self.group = group
@@ -309,19 +312,56 @@ class Generation:
             fields["request_id"] = self.stream.request_id
         end = await finish(self.message_pk, fields, usage)
         await self.publish(self._next(end.pop("event"), **end))
+        if fields["status"] == Message.Status.COMPLETE:
+            _track(asyncio.get_running_loop().create_task(generate_title(self.conversation_pk)))
 
 
 def _copy_content(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [dict(block) for block in content]
 
 
-def start_generation(*, message_pk: int, message_id: str, group: str, body: dict[str, Any]) -> asyncio.Task:
+def start_generation(
+    *, message_pk: int, message_id: str, group: str, body: dict[str, Any], conversation_pk: int
+) -> asyncio.Task:
     """Start the task; it belongs to the event loop, not to the calling socket."""
-    generation = Generation(message_pk=message_pk, message_id=message_id, group=group, body=body)
-    task = asyncio.get_running_loop().create_task(generation.run(), name=f"generation-{message_id}")
+    generation = Generation(
+        message_pk=message_pk, message_id=message_id, group=group, body=body, conversation_pk=conversation_pk
+    )
+    return _track(asyncio.get_running_loop().create_task(generation.run(), name=f"generation-{message_id}"))
+
+
+def _track(task: asyncio.Task) -> asyncio.Task:
     _running.add(task)
     task.add_done_callback(_running.discard)
     return task
+
+
+needs_title = database_sync_to_async(browsing.needs_title)
+save_generated_title = database_sync_to_async(browsing.save_generated_title)
+
+
+async def generate_title(conversation_pk: int) -> None:
+    """After the first answer: a short title from a small non-streaming request on a
+    cheap model (in demo mode the first words stay the title). Every tab of the
+    owner sees it at once. A failure keeps the first-words title."""
+    config = upstream_config()
+    if config.is_demo or not settings.CHAT_GENERATE_TITLES:
+        return
+    try:
+        first_message = await needs_title(conversation_pk)
+        if not first_message:
+            return
+        answer = await create_message(get_client(config), config, browsing.title_request(first_message))
+        title = browsing.clean_title("".join(b.get("text", "") for b in answer.get("content", []) if b.get("type") == "text"))
+        event = await save_generated_title(conversation_pk, title)
+    except (UpstreamError, ValueError, KeyError) as exc:
+        log.info("title for conversation %s not generated: %r", conversation_pk, exc)
+        return
+    if event:
+        layer = get_channel_layer()
+        owner, group = event.pop("owner"), event.pop("group")
+        await layer.group_send(browsing.user_group(owner), {"type": "chat.event", "payload": event})
+        await layer.group_send(group, {"type": "chat.event", "payload": event})
 
 
 async def sweep_once() -> int:

@@ -48,7 +48,8 @@ class ConversationQuerySet(models.QuerySet):
         return self.filter(owner=user)
 
     def for_sidebar(self) -> "ConversationQuerySet":
-        return self.only("public_id", "title", "updated_at").order_by("-updated_at")
+        """Only what the sidebar shows: never message bodies or attachments."""
+        return self.only("public_id", "title", "updated_at", "pinned", "archived").order_by("-updated_at")
 
 
 class Conversation(models.Model):
@@ -68,6 +69,10 @@ class Conversation(models.Model):
         OK = "ok"
         FLAGGED = "flagged"
 
+    pinned = models.BooleanField(default=False)
+    archived = models.BooleanField(default=False)
+    title_locked = models.BooleanField(default=False)  # the person renamed it: never generate over it
+
     review_status = models.CharField(max_length=12, choices=ReviewStatus.choices, default=ReviewStatus.UNREVIEWED)
     review_notes = models.TextField(blank=True)
     reviewed_by = models.ForeignKey(
@@ -80,6 +85,7 @@ class Conversation(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["owner", "-updated_at"], name="conv_owner_recent"),
+            models.Index(fields=["owner", "archived", "-pinned", "-updated_at", "-id"], name="conv_owner_sidebar"),
             models.Index(fields=["review_status", "-updated_at"], name="conv_review_recent"),
         ]
         ordering = ["-updated_at"]
@@ -417,6 +423,9 @@ class Message(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=10, choices=Role.choices)
     content = models.JSONField(default=list, blank=True)  # the API's content blocks
+    # The plain text of the text blocks, kept for full-text search (SQLite FTS5
+    # or a PostgreSQL GIN index; see migration 0004).
+    search_text = models.TextField(blank=True, default="")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.COMPLETE)
     model = models.CharField(max_length=100, blank=True)
     stop_reason = models.CharField(max_length=40, blank=True)
@@ -459,6 +468,13 @@ class Message(models.Model):
     @property
     def text(self) -> str:
         return "".join(b.get("text", "") for b in self.content if b.get("type") == "text")
+
+    def save(self, *args, **kwargs):
+        self.search_text = self.text
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "content" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "search_text"}
+        super().save(*args, **kwargs)
 
     @property
     def usage(self) -> dict[str, int]:

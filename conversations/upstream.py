@@ -419,6 +419,24 @@ class MessageStream:
         )
 
 
+async def create_message(client: httpx.AsyncClient, config: UpstreamConfig, body: dict[str, Any]) -> dict[str, Any]:
+    """A small non-streaming request (titles): the Message, or UpstreamError."""
+    url = config.base_url.rstrip("/") + "/v1/messages"
+    try:
+        response = await client.post(url, json={**body, "stream": False}, headers=config.headers(), timeout=30.0)
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"Could not reach the API ({exc.__class__.__name__}).", error_type="connection_error") from exc
+    if response.status_code >= 300:
+        raise error_from_response(response.status_code, response.headers, response.content)
+    try:
+        message = response.json()
+    except ValueError as exc:
+        raise UpstreamError("The API answered with something other than JSON.") from exc
+    if not isinstance(message, dict):
+        raise UpstreamError("The API answered with something other than a message.")
+    return message
+
+
 _clients: dict[tuple[asyncio.AbstractEventLoop, bool], httpx.AsyncClient] = {}
 
 

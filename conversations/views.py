@@ -5,15 +5,14 @@ from django.contrib.auth import login, logout
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.text import slugify
 from django.views.decorators.http import require_http_methods, require_POST
 
-from . import attachments, catalog, parameters
+from . import attachments, browsing, catalog, parameters
 from .curl import curl_command
 from .forms import SignupForm
+from .search import search as search_conversations
 from .models import Attachment, Conversation, Message, Preferences
-
-SIDEBAR_SIZE = 50
-
 
 def _get_conversation_for_user(request, conversation_id) -> Conversation:
     """Someone else's conversation is a 404, exactly like a missing one."""
@@ -29,7 +28,7 @@ def _new_chat_settings(user) -> parameters.Settings:
 
 
 def _chat_context(request, conversation: Conversation | None) -> dict:
-    sidebar = Conversation.objects.for_user(request.user).for_sidebar()[:SIDEBAR_SIZE]
+    sidebar = browsing.sidebar_page(request.user, archived=False)
     messages = list(conversation.messages.with_attachments()) if conversation else []
     chosen = conversation.chat_settings if conversation else _new_chat_settings(request.user)
     models = catalog.available_models()
@@ -38,7 +37,8 @@ def _chat_context(request, conversation: Conversation | None) -> dict:
     rules = {m["id"]: catalog.rules_for(m["id"]) for m in models}
     return {
         "conversation": conversation,
-        "sidebar": sidebar,
+        "page": sidebar,
+        "current_id": str(conversation.public_id) if conversation else "",
         "transcript": [m.to_client() for m in messages],
         "model_name": rules[chosen.model].display_name,
         "models": models,
@@ -183,3 +183,84 @@ def attachment_file(request, attachment_id):
     if attachment.is_image:
         response["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
     return response
+
+
+@login_required
+def conversation_list(request):
+    """A page of the sidebar (HTML items): ?cursor= for the next page, ?archived=1."""
+    archived = request.GET.get("archived") == "1"
+    page = browsing.sidebar_page(request.user, request.GET.get("cursor"), archived=archived)
+    current = request.GET.get("current", "")
+    return render(request, "conversations/_sidebar_items.html", {"page": page, "current_id": current, "archived": archived})
+
+
+@login_required
+def search(request):
+    query = request.GET.get("q", "")
+    return render(request, "conversations/_search_results.html", {"hits": search_conversations(request.user, query), "query": query})
+
+
+@login_required
+@require_POST
+def conversation_action(request, conversation_id):
+    """Rename, pin, unpin, archive, unarchive or delete; every tab of the owner hears of it."""
+    conversation = _get_conversation_for_user(request, conversation_id)
+    action = request.POST.get("action")
+    if action == "rename":
+        try:
+            browsing.rename(conversation, request.POST.get("title", ""))
+        except ValueError as exc:
+            return JsonResponse({"ok": False, "error": str(exc)}, status=400)
+    elif action in ("pin", "unpin"):
+        conversation.pinned = action == "pin"
+        Conversation.objects.filter(pk=conversation.pk).update(pinned=conversation.pinned)
+    elif action in ("archive", "unarchive"):
+        conversation.archived = action == "archive"
+        Conversation.objects.filter(pk=conversation.pk).update(archived=conversation.archived)
+    elif action == "delete":
+        event = browsing.conversation_event(conversation, "conversation.deleted")
+        conversation.delete()
+        browsing.announce(request.user.pk, event)
+        return JsonResponse({"ok": True, "deleted": True, "url": "/"})
+    else:
+        return JsonResponse({"ok": False, "error": "Unknown action."}, status=400)
+    event = browsing.conversation_event(conversation)
+    browsing.announce(request.user.pk, event)
+    return JsonResponse({"ok": True, **event})
+
+
+@login_required
+def export_conversation(request, conversation_id, fmt):
+    conversation = _get_conversation_for_user(request, conversation_id)
+    if fmt not in ("md", "json"):
+        raise Http404("Exports are .md or .json.")
+    stem = slugify(conversation.display_title)[:60] or "conversation"
+    if fmt == "md":
+        response = HttpResponse(browsing.export_markdown(conversation), content_type="text/markdown; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{stem}.md"'
+        return response
+    data = browsing.export_json(conversation, include_attachments=request.GET.get("attachments") == "1")
+    response = HttpResponse(json.dumps(data, indent=2, ensure_ascii=False), content_type="application/json; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{stem}.json"'
+    return response
+
+
+@login_required
+@require_POST
+def import_conversation(request):
+    """A JSON export (ours, or any Messages API body) becomes a new conversation."""
+    upload = request.FILES.get("file")
+    if upload is None:
+        return JsonResponse({"ok": False, "error": "Choose a JSON export to import."}, status=400)
+    if upload.size > 64 * 1024 * 1024:
+        return JsonResponse({"ok": False, "error": f"{upload.name} is larger than 64 MB."}, status=400)
+    try:
+        data = json.loads(upload.read())
+    except (ValueError, UnicodeDecodeError):
+        return JsonResponse({"ok": False, "error": f"{upload.name} is not a JSON file."}, status=400)
+    try:
+        conversation = browsing.import_json(request.user, data)
+    except browsing.ImportRefused as exc:
+        return JsonResponse({"ok": False, "error": f"{upload.name} was not imported: {exc}"}, status=400)
+    browsing.announce(request.user.pk, browsing.conversation_event(conversation, "conversation.added"))
+    return JsonResponse({"ok": True, "url": conversation.get_absolute_url()})

@@ -208,6 +208,19 @@ def cut_after(text_pieces: list[str]) -> Script:
     return Script(steps=_partial_stream(text_pieces) + [("cut",)])
 
 
+def _as_message(script: Script) -> Script:
+    """The JSON answer to a non-streaming request: the stream's events accumulated."""
+    if script.json_body is not None or not 200 <= script.status < 300:
+        return script
+    from conversations.upstream import MessageAccumulator
+
+    accumulator = MessageAccumulator()
+    for step in script.steps:
+        if step[0] == "event":
+            accumulator.feed(step[2])
+    return Script(status=200, headers=script.headers, json_body=accumulator.message, issued=script.issued)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     fake: "FakeUpstream"
@@ -258,6 +271,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self._serve(error_reply(400, "invalid_request_error", refusal, request_id=request_id), request_id)
                     return
                 script = fake._next_script(model or DEFAULT_MODEL)
+                if isinstance(body, dict) and body.get("stream") is not True:
+                    script = _as_message(script)  # a non-streaming request gets the whole Message as JSON
                 self._serve(script, request_id)
                 with fake._lock:
                     fake.issued += script.issued

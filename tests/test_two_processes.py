@@ -282,6 +282,7 @@ def cluster(request, tmp_path_factory):
             DATA_DIR=str(data_dir),
             ANTHROPIC_BASE_URL=fake.url,
             ANTHROPIC_API_KEY="test-key",
+            CHAT_GENERATE_TITLES="false",
             CHAT_STALE_AFTER=str(STALE_AFTER),
             DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
             DJANGO_SECRET_KEY=SECRET_KEY,

@@ -196,7 +196,7 @@ def test_stop_returns_promptly_while_a_stream_waits_at_a_gate():
 
     def client():
         try:
-            outcome.append(httpx.post(f"{fake.url}/v1/messages", json=BODY, timeout=10).status_code)
+            outcome.append(httpx.post(f"{fake.url}/v1/messages", json={**BODY, "stream": True}, timeout=10).status_code)
         except httpx.HTTPError as exc:
             outcome.append(exc)
 

@@ -3,6 +3,7 @@
 import "./report.js";
 import { PendingFiles } from "./attachments.js";
 import { SettingsPanel } from "./settings.js";
+import { Sidebar } from "./sidebar.js";
 import { ReconnectingSocket } from "./socket.js";
 import { Transcript } from "./transcript.js";
 
@@ -44,6 +45,15 @@ function updateSendButton() {
   sendButton.disabled = pending !== null;
   sendButton.title = files.uploading ? "Send once the files are uploaded" : "Send (Enter)";
 }
+
+const sidebar = new Sidebar({
+  getConversationId: () => conversationId,
+  onDeletedHere: () => {
+    showAlert("This conversation was deleted in another tab. Anything you type here will not be sent.");
+    box.disabled = true;
+    sendButton.disabled = true;
+  },
+});
 
 const settings = new SettingsPanel({
   panel: $("settings-panel"),
@@ -94,6 +104,7 @@ function handle(event) {
     case "conversation.created":
       conversationId = event.id;
       settings.setConversation(event.id);
+      sidebar.conversationCreated(event.id);
       files.moveDraft("chat-files:new");
       history.replaceState(null, "", event.url);
       moveDraft("new", conversationId);
@@ -120,6 +131,11 @@ function handle(event) {
     case "message.snapshot":
     case "message.end":
       transcript.onAnswerEvent(event);
+      break;
+    case "conversation.added":
+    case "conversation.updated":
+    case "conversation.deleted":
+      sidebar.onEvent(event);
       break;
     case "error":
       if (!event.client_id || event.client_id === pending) pending = null;
@@ -212,21 +228,8 @@ function stop() {
 
 function updateSidebar(conversation) {
   if (!conversation) return;
-  const list = $("conversation-list");
-  $("no-conversations")?.remove();
-  let link = list.querySelector(`a[data-id="${CSS.escape(conversation.id)}"]`);
-  if (!link) {
-    link = document.createElement("a");
-    link.href = `/c/${conversation.id}/`;
-    link.dataset.id = conversation.id;
-    const item = document.createElement("li");
-    item.append(link);
-    list.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
-    link.setAttribute("aria-current", "page");
-  }
-  link.textContent = conversation.title;
-  list.prepend(link.parentElement);
-  $("chat-title").textContent = conversation.title;
+  sidebar.touch(conversation);
+  if (!$("chat-title").querySelector("input")) $("chat-title").textContent = conversation.title;
   document.title = `${conversation.title} · Claude Chat`;
 }
 

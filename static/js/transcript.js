@@ -34,7 +34,15 @@ export class Transcript {
       // Rendered from the database (up to a second old): wait for a snapshot.
       this.live.set(article.dataset.id, { seq: -1, synced: false, buffer: [] });
     });
-    this.scrollToBottom();
+    const target = location.hash.startsWith("#m-") && document.getElementById(location.hash.slice(1));
+    if (target) {
+      // Opened from a search result: show that message, not the end.
+      target.scrollIntoView({ block: "center" });
+      target.classList.add("found");
+      this.stick = false;
+    } else {
+      this.scrollToBottom();
+    }
   }
 
   get streaming() {
