@@ -167,7 +167,7 @@ def export_json(conversation: Conversation, include_attachments: bool) -> dict[s
     importable here, and close to replayable against the API."""
     body = conversation.request_params()
     messages, meta = [], []
-    for message in conversation.messages.with_attachments().order_by("created_at", "pk"):
+    for message in conversation.visible_messages():
         content: list[dict[str, Any]] = []
         files = []
         for use in message.all_attachments if message.role == Message.Role.USER else []:
@@ -197,7 +197,7 @@ def export_json(conversation: Conversation, include_attachments: bool) -> dict[s
 
 def export_markdown(conversation: Conversation) -> str:
     lines = [f"# {conversation.display_title}", ""]
-    for message in conversation.messages.with_attachments().order_by("created_at", "pk"):
+    for message in conversation.visible_messages():
         speaker = "You" if message.role == Message.Role.USER else "Claude"
         lines.append(f"**{speaker}:**")
         lines.append("")
@@ -258,7 +258,11 @@ def _import_turn(user, conversation: Conversation, number: int, turn: Any) -> No
             blocks.append(block)
         elif kind in ("image", "document") and turn["role"] == Message.Role.USER:
             files.append(_import_file(user, number, block))
-    message = conversation.messages.create(role=turn["role"], content=blocks, status=Message.Status.COMPLETE)
+    message = conversation.messages.create(
+        role=turn["role"], content=blocks, status=Message.Status.COMPLETE, parent_id=conversation.current_leaf_id
+    )
+    conversation.current_leaf = message
+    Conversation.objects.filter(pk=conversation.pk).update(current_leaf=message)
     MessageAttachment.objects.bulk_create(
         MessageAttachment(message=message, attachment=attachment, position=i) for i, attachment in enumerate(files)
     )

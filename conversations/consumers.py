@@ -118,7 +118,7 @@ def _begin_retry(conversation_pk: int, message_id: str) -> dict[str, Any]:
     """Write the conversation's last answer again, after a failure or a stop."""
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
-        last = conversation.messages.order_by("-created_at", "-pk").first()
+        last = conversation.current_leaf
         if last is None or str(last.public_id) != message_id or last.role != Message.Role.ASSISTANT:
             raise ChatError("Only the last answer can be retried.")
         if last.status not in Message.RETRYABLE:
@@ -130,6 +130,61 @@ def _begin_retry(conversation_pk: int, message_id: str) -> dict[str, Any]:
         last.reset_for_retry()
         body = conversation.request_body()
     return {"assistant_pk": last.pk, "assistant_id": str(last.public_id), "body": body}
+
+
+def _transcript_html(conversation: Conversation) -> str:
+    return render_to_string(
+        "conversations/_transcript.html", {"transcript": [m.to_client() for m in conversation.visible_messages()]}
+    )
+
+
+def _branch_message(conversation: Conversation, message_id: str, role: str) -> Message:
+    try:
+        message = conversation.messages.get(public_id=uuid.UUID(str(message_id)), role=role)
+    except (ValueError, Message.DoesNotExist):
+        raise ChatError("That message is not in this conversation.") from None
+    return message
+
+
+def _begin_branch(conversation_pk: int, action: str, message_id: str, text: str = "") -> dict[str, Any]:
+    """Regenerate an answer, or edit an earlier question and resend it: either
+    way a new sibling (a branch) is written; the old one stays, one "‹ ›" away."""
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
+        try:
+            conversation.check_limits()
+        except LimitReached as exc:
+            raise ChatError(str(exc)) from None
+        if action == "regenerate":
+            old = _branch_message(conversation, message_id, Message.Role.ASSISTANT)
+            assistant = conversation.start_assistant_message(after=old.parent_id)
+        else:
+            old = _branch_message(conversation, message_id, Message.Role.USER)
+            files = [use.attachment for use in old.included_attachments()]
+            if not text.strip() and not files:
+                raise ChatError("Type a message before sending.")
+            conversation.add_user_message(text, files, after=old.parent_id)
+            assistant = conversation.start_assistant_message()
+        body = conversation.request_body()
+        try:
+            conversation.check_request_size(body)
+        except RequestTooLarge as exc:
+            raise ChatError(str(exc)) from None
+        html = _transcript_html(conversation)
+    return {"assistant_pk": assistant.pk, "assistant_id": str(assistant.public_id), "body": body, "html": html}
+
+
+def _switch_branch(conversation_pk: int, message_id: str) -> str:
+    with transaction.atomic():
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
+        if conversation.messages.filter(status=Message.Status.STREAMING).exists():
+            raise ChatError("Wait for the current answer to finish, or stop it, before switching versions.")
+        try:
+            message = conversation.messages.get(public_id=uuid.UUID(str(message_id)))
+        except (ValueError, Message.DoesNotExist):
+            raise ChatError("That message is not in this conversation.") from None
+        conversation.switch_to(message)
+        return _transcript_html(conversation)
 
 
 def _streaming_workers(conversation_pk: int) -> list[tuple[str, str]]:
@@ -144,6 +199,8 @@ load_conversation = database_sync_to_async(_load_conversation)
 settings_from = database_sync_to_async(_settings_from)  # may ask the upstream for its model list
 begin_turn = database_sync_to_async(_begin_turn)
 begin_retry = database_sync_to_async(_begin_retry)
+begin_branch = database_sync_to_async(_begin_branch)
+switch_branch = database_sync_to_async(_switch_branch)
 streaming_workers = database_sync_to_async(_streaming_workers)
 
 
@@ -206,6 +263,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.stop()
             elif action == "retry" and self.conversation_pk is not None:
                 await self.retry(str(content.get("message") or ""))
+            elif action in ("regenerate", "edit") and self.conversation_pk is not None:
+                await self.branch(action, content)
+            elif action == "switch" and self.conversation_pk is not None:
+                html = await switch_branch(self.conversation_pk, str(content.get("message") or ""))
+                await self.replace_transcript(html)
             elif action == "resync" and self.conversation_pk is not None:
                 await self.catch_up(only=str(content.get("message") or "") or None)
             else:
@@ -248,6 +310,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             },
         )
         await self.start_answer(turn)
+
+    async def branch(self, action: str, content: dict[str, Any]) -> None:
+        text = content.get("text") or ""
+        if not isinstance(text, str) or len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+            raise ChatError(f"A message can be at most {settings.CHAT_MAX_MESSAGE_CHARS:,} characters long.")
+        turn = await begin_branch(self.conversation_pk, action, str(content.get("message") or ""), text)
+        await self.replace_transcript(turn["html"], client_id=content.get("client_id"))
+        await self.start_answer(turn)
+
+    async def replace_transcript(self, html: str, client_id: Any = None) -> None:
+        """Every page on this conversation now shows another branch."""
+        await self.channel_layer.group_send(
+            self.group,
+            {"type": "chat.event", "payload": {"event": "transcript.replace", "html": html, "client_id": client_id}},
+        )
 
     async def retry(self, message_id: str) -> None:
         await self.start_answer(await begin_retry(self.conversation_pk, message_id))

@@ -69,6 +69,9 @@ class Conversation(models.Model):
         OK = "ok"
         FLAGGED = "flagged"
 
+    # The last message of the branch on screen: the visible path (and the
+    # history sent upstream) is it and its ancestors.
+    current_leaf = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     pinned = models.BooleanField(default=False)
     archived = models.BooleanField(default=False)
     title_locked = models.BooleanField(default=False)  # the person renamed it: never generate over it
@@ -128,19 +131,25 @@ class Conversation(models.Model):
         self.updated_at = timezone.now()
         Conversation.objects.filter(pk=self.pk).update(updated_at=self.updated_at)
 
-    def add_user_message(self, text: str, attachments: list["Attachment"] = ()) -> "Message":
-        """Save the person's message (before anything goes upstream)."""
+    def add_user_message(self, text: str, attachments: list["Attachment"] = (), *, after: Any = "leaf") -> "Message":
+        """Save the person's message (before anything goes upstream).
+
+        It follows the visible branch's last message, or `after` (a message
+        pk, or None for the very start) when it edits an earlier question.
+        """
         with transaction.atomic():
             message = self.messages.create(
                 role=Message.Role.USER,
                 content=[{"type": "text", "text": text}] if text.strip() else [],
                 status=Message.Status.COMPLETE,
+                parent_id=self.current_leaf_id if after == "leaf" else after,
             )
             MessageAttachment.objects.bulk_create(
                 MessageAttachment(message=message, attachment=attachment, position=position)
                 for position, attachment in enumerate(attachments)
             )
-            fields = {"updated_at": message.created_at}
+            fields = {"updated_at": message.created_at, "current_leaf": message}
+            self.current_leaf = message
             if not self.title:
                 self.title = title_from_text(text) if text.strip() else attachments[0].original_name
                 fields["title"] = self.title
@@ -172,31 +181,96 @@ class Conversation(models.Model):
                 f"Try again in {wait} seconds."
             )
 
-    def start_assistant_message(self) -> "Message":
-        return self.messages.create(
+    def start_assistant_message(self, *, after: int | None = None) -> "Message":
+        """An empty streaming answer to the visible branch's last message (or to
+        `after`, when regenerating an earlier answer); it becomes the branch's end."""
+        answer = self.messages.create(
             role=Message.Role.ASSISTANT,
             content=[],
             status=Message.Status.STREAMING,
             model=self.model,
             request_params=self.request_params(),
+            parent_id=after if after is not None else self.current_leaf_id,
         )
+        self.current_leaf = answer
+        Conversation.objects.filter(pk=self.pk).update(current_leaf=answer)
+        return answer
+
+    # --- branches -----------------------------------------------------------------
+
+    def _tree(self) -> list[tuple]:
+        """(pk, parent pk, public id, role) of every message, oldest first: one query."""
+        return list(self.messages.order_by("created_at", "pk").values_list("pk", "parent_id", "public_id", "role"))
+
+    def path(self, leaf_id: int | None = "current", tree: list[tuple] | None = None) -> list[int]:
+        """Pks of the visible branch (the leaf and its ancestors), oldest first."""
+        tree = self._tree() if tree is None else tree
+        if leaf_id == "current" and self.current_leaf_id is None:
+            return [pk for pk, _, _, _ in tree]  # messages saved without a tree: one straight line
+        parents = {pk: parent for pk, parent, _, _ in tree}
+        leaf = self.current_leaf_id if leaf_id == "current" else leaf_id
+        ids: list[int] = []
+        while leaf is not None and leaf in parents:
+            ids.append(leaf)
+            leaf = parents[leaf]
+        return ids[::-1]
+
+    def visible_messages(self) -> list["Message"]:
+        """The branch on screen, with attachments, and for each message its place
+        among its siblings (the "‹ 2/3 ›" of an edited or regenerated turn)."""
+        tree = self._tree()
+        ids = self.path(tree=tree)
+        children: dict[int | None, list[tuple]] = {}
+        for pk, parent, public_id, role in tree:
+            children.setdefault(parent, []).append((pk, public_id))
+        by_pk = {m.pk: m for m in self.messages.filter(pk__in=ids).with_attachments()}
+        messages = []
+        parents = {pk: parent for pk, parent, _, _ in tree}
+        for pk in ids:
+            message = by_pk[pk]
+            siblings = children.get(parents[pk], []) if self.current_leaf_id else [(pk, message.public_id)]
+            position = next(i for i, (sibling, _) in enumerate(siblings) if sibling == pk)
+            message.branch = {
+                "index": position + 1,
+                "count": len(siblings),
+                "previous": str(siblings[position - 1][1]) if position > 0 else None,
+                "next": str(siblings[position + 1][1]) if position + 1 < len(siblings) else None,
+            }
+            messages.append(message)
+        return messages
+
+    def switch_to(self, message: "Message") -> None:
+        """Show the branch through `message`: it and its newest descendants."""
+        tree = self._tree()
+        children: dict[int, list[int]] = {}
+        for pk, parent, _, _ in tree:
+            children.setdefault(parent, []).append(pk)
+        leaf = message.pk
+        while children.get(leaf):
+            leaf = children[leaf][-1]
+        self.current_leaf_id = leaf
+        Conversation.objects.filter(pk=self.pk).update(current_leaf_id=leaf)
+
+    def on_visible_branch(self, message: "Message") -> bool:
+        return message.pk in self.path()
 
     def api_messages(self, before: "Message | None" = None) -> list[dict[str, Any]]:
         """The history resent upstream each turn, in the API's shape.
 
-        With `before`, only the messages that came before that one: the
-        history that was sent when it was written.
+        The visible branch only. With `before`, the branch that led to that
+        message: the history that was sent when it was written.
         """
         turns: list[dict[str, Any]] = []
-        history = self.messages.order_by("created_at", "pk").prefetch_related(
+        ids = self.path(before.parent_id if before is not None else "current")
+        found = self.messages.filter(pk__in=ids).prefetch_related(
             models.Prefetch(
                 "message_attachments",
                 queryset=MessageAttachment.objects.filter(excluded=False).select_related("attachment"),
                 to_attr="sent_attachments",
             )
         )
-        if before is not None:
-            history = history.filter(created_at__lt=before.created_at)
+        by_pk = {m.pk: m for m in found}
+        history = [by_pk[pk] for pk in ids]
         with_files: list[int] = []  # turns holding attachments
         for message in history:
             content = message.to_api_content()
@@ -242,11 +316,13 @@ class Conversation(models.Model):
         )
         if not about_files:
             return 0
-        turn = (
-            self.messages.filter(role=Message.Role.USER, created_at__lte=answer.created_at)
-            .order_by("-created_at", "-pk")
-            .first()
-        )
+        turn = answer.parent if answer.parent_id else None
+        if turn is None or turn.role != Message.Role.USER:
+            turn = (
+                self.messages.filter(role=Message.Role.USER, created_at__lte=answer.created_at)
+                .order_by("-created_at", "-pk")
+                .first()
+            )
         return MessageAttachment.objects.filter(message=turn, excluded=False).update(excluded=True) if turn else 0
 
     def check_request_size(self, body: dict[str, Any]) -> None:
@@ -421,6 +497,9 @@ class Message(models.Model):
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The message this one follows: messages form a tree, and an edited
+    # question or a regenerated answer is a sibling (a branch), as in Claude's app.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     role = models.CharField(max_length=10, choices=Role.choices)
     content = models.JSONField(default=list, blank=True)  # the API's content blocks
     # The plain text of the text blocks, kept for full-text search (SQLite FTS5
@@ -539,12 +618,31 @@ class Message(models.Model):
         self.meta = {}
         self.save()
 
+    def compute_branch(self) -> dict[str, Any]:
+        """This message's place among its siblings (one query)."""
+        siblings = [
+            str(public_id)
+            for public_id in Message.objects.filter(conversation_id=self.conversation_id, parent_id=self.parent_id)
+            .order_by("created_at", "pk")
+            .values_list("public_id", flat=True)
+        ]
+        position = siblings.index(str(self.public_id)) if str(self.public_id) in siblings else 0
+        self.branch = {
+            "index": position + 1,
+            "count": len(siblings),
+            "previous": siblings[position - 1] if position > 0 else None,
+            "next": siblings[position + 1] if position + 1 < len(siblings) else None,
+        }
+        return self.branch
+
     def end_event(self) -> dict[str, Any]:
         """The `message.end` event for a finished answer (see docs/websocket-protocol.md).
 
         `article` is the answer rendered by the same template as the page, so a
         live page and a reloaded one show exactly the same thing.
         """
+        if not hasattr(self, "branch"):
+            self.compute_branch()
         return {
             "article": render_to_string("conversations/_message.html", {"m": self.to_client()}),
             "event": "message.end",
@@ -567,6 +665,7 @@ class Message(models.Model):
             "role": self.role,
             "status": self.status,
             "blocks": client_blocks(self.content, self.meta) if self.role == Message.Role.ASSISTANT else [],
+            "branch": getattr(self, "branch", None),
             "attachments": [
                 {**use.attachment.to_client(), "excluded": use.excluded}
                 for use in (

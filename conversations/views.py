@@ -29,7 +29,7 @@ def _new_chat_settings(user) -> parameters.Settings:
 
 def _chat_context(request, conversation: Conversation | None) -> dict:
     sidebar = browsing.sidebar_page(request.user, archived=False)
-    messages = list(conversation.messages.with_attachments()) if conversation else []
+    messages = conversation.visible_messages() if conversation else []
     chosen = conversation.chat_settings if conversation else _new_chat_settings(request.user)
     models = catalog.available_models()
     if not any(m["id"] == chosen.model for m in models):
@@ -75,7 +75,7 @@ def conversation(request, conversation_id):
 def transcript(request, conversation_id):
     """The transcript alone: the page fetches it after a reconnect."""
     conversation = _get_conversation_for_user(request, conversation_id)
-    messages = [m.to_client() for m in conversation.messages.with_attachments()]
+    messages = [m.to_client() for m in conversation.visible_messages()]
     return render(request, "conversations/_transcript.html", {"transcript": messages})
 
 

@@ -71,3 +71,21 @@ def test_a_rename_in_one_tab_appears_in_another(new_page, app_server, upstream):
     box.press("Enter")
     expect(conversations_nav(second).get_by_role("link", name="Greetings")).to_be_visible()
     expect(message_box(second)).to_be_visible()
+
+
+def test_regenerate_then_move_between_versions(page, app_server, upstream):
+    signup(page, app_server.url, unique_username("bea"))
+    upstream.enqueue(text_reply("First version."), text_reply("Second version."))
+    send(page, "Say something")
+    expect(articles(page, "assistant")).to_have_attribute("data-status", "complete")
+    page.get_by_role("button", name="Regenerate").click()
+    answer = articles(page, "assistant")
+    expect(answer).to_have_count(1)
+    expect(answer.locator(".answer > .md")).to_have_text("Second version.")
+    expect(answer.locator(".branch-position")).to_have_text("2/2")
+    page.get_by_role("button", name="Previous version").click()
+    expect(articles(page, "assistant").locator(".answer > .md")).to_have_text("First version.")
+    expect(articles(page, "assistant").locator(".branch-position")).to_have_text("1/2")
+    page.reload()
+    expect(articles(page, "assistant").locator(".answer > .md")).to_have_text("First version.")
+    assert [m["role"] for m in upstream.requests[-1].body["messages"]] == ["user"]

@@ -75,6 +75,12 @@ const transcript = new Transcript({
   onContinue: () => sendText("Continue"),
   onCurl: (id) => showCurl(id),
   onEnd: (event) => showTotals(event.totals),
+  onBranch: (request) => {
+    showAlert("");
+    if (!socket.send({ ...request, client_id: crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) })) {
+      showAlert("Not connected to the server: try again once reconnected.");
+    }
+  },
   onStreamingChange: (streaming) => {
     stopButton.hidden = !streaming;
     sendButton.hidden = streaming;
@@ -131,6 +137,9 @@ function handle(event) {
     case "message.snapshot":
     case "message.end":
       transcript.onAnswerEvent(event);
+      break;
+    case "transcript.replace":
+      transcript.replaceAll(event.html);
       break;
     case "conversation.added":
     case "conversation.updated":
@@ -250,6 +259,9 @@ box.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     send();
+  } else if (event.key === "ArrowUp" && !box.value && !transcript.streaming) {
+    const last = transcript.lastUserArticle();
+    if (last) { event.preventDefault(); transcript.startEdit(last); }
   }
 });
 box.addEventListener("input", () => {

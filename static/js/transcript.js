@@ -11,8 +11,9 @@
 const STICK_DISTANCE = 80;
 
 export class Transcript {
-  constructor({ root, scroller, jump, onGap, onStreamingChange, onRetry, onContinue, onCurl, onEnd }) {
+  constructor({ root, scroller, jump, onGap, onStreamingChange, onRetry, onContinue, onCurl, onEnd, onBranch }) {
     this.root = root;
+    this.onBranch = onBranch;
     this.onRetry = onRetry;
     this.onContinue = onContinue;
     this.onCurl = onCurl;
@@ -92,7 +93,13 @@ export class Transcript {
       article.append(el("div", { class: "avatar", "aria-hidden": "true" }), answer);
       this.root.append(article);
     }
-    if (!this.live.has(id)) this.live.set(id, { seq, synced: true, buffer: [] });
+    const state = this.live.get(id);
+    if (!state || seq === 0) {
+      // A fresh start (seq 0) is the whole story from here: replay what arrived meanwhile.
+      const buffered = state ? state.buffer.filter((e) => e.seq > 0) : [];
+      this.live.set(id, { seq, synced: true, buffer: [] });
+      buffered.sort((a, b) => a.seq - b.seq).forEach((e) => this.onAnswerEvent(e));
+    }
     this.onStreamingChange(this.streaming);
     this.afterChange();
   }
@@ -246,6 +253,42 @@ export class Transcript {
     this.afterChange();
   }
 
+  // Edit an earlier question: a new version of it is sent, the old one stays a "‹ ›" away.
+  startEdit(article) {
+    if (!article || article.querySelector(".edit-box")) return;
+    const bubble = article.querySelector(".bubble");
+    const form = el("form", { class: "edit-box" });
+    const area = el("textarea", { "aria-label": "Edit message", rows: "3" });
+    area.value = bubble ? bubble.dataset.raw ?? bubble.textContent : "";
+    const send = el("button", { type: "submit", class: "primary" });
+    send.textContent = "Send";
+    const cancel = el("button", { type: "button", class: "icon-button" });
+    cancel.textContent = "Cancel";
+    const row = el("div", { class: "edit-actions" });
+    row.append(cancel, send);
+    form.append(area, row);
+    article.classList.add("editing");
+    article.append(form);
+    area.focus();
+    area.setSelectionRange(area.value.length, area.value.length);
+    const close = () => { form.remove(); article.classList.remove("editing"); };
+    cancel.addEventListener("click", close);
+    area.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") { event.preventDefault(); close(); }
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) { event.preventDefault(); form.requestSubmit(); }
+    });
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (!area.value.trim() && !article.querySelector(".message-files")) return;
+      this.onBranch({ action: "edit", message: article.dataset.id, text: area.value });
+    });
+  }
+
+  lastUserArticle() {
+    const users = this.root.querySelectorAll('article[data-role="user"]');
+    return users[users.length - 1] || null;
+  }
+
   onClick(event) {
     const button = event.target.closest("button");
     if (!button) return;
@@ -254,6 +297,12 @@ export class Transcript {
       copyText(code.textContent, button);
     } else if (button.classList.contains("retry")) {
       if (!this.streaming) this.onRetry(button.closest("article").dataset.id);
+    } else if (button.classList.contains("regenerate")) {
+      if (!this.streaming) this.onBranch({ action: "regenerate", message: button.closest("article").dataset.id });
+    } else if (button.classList.contains("branch")) {
+      if (!this.streaming && button.dataset.target) this.onBranch({ action: "switch", message: button.dataset.target });
+    } else if (button.classList.contains("edit")) {
+      if (!this.streaming) this.startEdit(button.closest("article"));
     } else if (button.classList.contains("continue")) {
       if (!this.streaming) this.onContinue();
     } else if (button.classList.contains("curl")) {
