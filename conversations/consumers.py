@@ -19,7 +19,7 @@ from django.template.loader import render_to_string
 
 from . import browsing, catalog, parameters
 from .generation import ensure_sweeper, start_generation
-from .models import Attachment, Conversation, LimitReached, Message, RequestTooLarge
+from .models import Attachment, Conversation, LimitReached, Message, RequestTooLarge, TranscriptWindow
 
 MAX_ATTACHMENTS_PER_MESSAGE = 20
 
@@ -133,9 +133,9 @@ def _begin_retry(conversation_pk: int, message_id: str) -> dict[str, Any]:
 
 
 def _transcript_html(conversation: Conversation) -> str:
-    return render_to_string(
-        "conversations/_transcript.html", {"transcript": [m.to_client() for m in conversation.visible_messages()]}
-    )
+    window = TranscriptWindow()
+    messages = [m.to_client() for m in conversation.visible_messages(window)]
+    return render_to_string("conversations/_transcript.html", {"transcript": messages, "earlier": window.earlier})
 
 
 def _branch_message(conversation: Conversation, message_id: str, role: str) -> Message:

@@ -76,6 +76,13 @@ def render(text: str) -> str:
     return _sanitize(_parser().render(text))
 
 
+@lru_cache(maxsize=4096)
+def render_finished(text: str) -> str:
+    """render() for text that no longer changes (saved answers): pages that show
+    a long conversation again and again render each answer once per process."""
+    return render(text)
+
+
 def _line_offsets(text: str) -> list[int]:
     offsets = [0]
     for i, ch in enumerate(text):

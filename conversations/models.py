@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 from django.conf import settings
 from django.db import models, transaction
@@ -18,7 +19,7 @@ from django.utils import timezone
 
 from . import catalog, parameters
 from .attachments import human_size
-from .markdown import render
+from .markdown import render_finished
 from .upstream import FileData, encode_body
 
 TITLE_LENGTH = 80
@@ -37,6 +38,32 @@ MANY_IMAGES_MAX_SIDE = 2000
 
 class RequestTooLarge(Exception):
     """The request would break the API's size or image rules; the text names the largest files."""
+
+
+@dataclass
+class TranscriptWindow:
+    """Which part of a long visible branch a page shows: the last `size`
+    messages, the `size` before message `before`, or from a little ahead of
+    message `at` (a search hit) to the end."""
+
+    size: int = 50
+    before: uuid.UUID | None = None
+    at: uuid.UUID | None = None
+    earlier: str | None = None  # the first shown message's id, when more come before it
+    more_before: bool = False
+
+    def cut(self, ids: list[int], pk_of: Callable[[uuid.UUID], int | None]) -> list[int]:
+        """The shown part of the branch `ids`; `earlier` is then set by the caller."""
+        end = len(ids)
+        before = pk_of(self.before) if self.before is not None else None
+        if before in ids:
+            end = ids.index(before)
+        start = max(0, end - self.size)
+        at = pk_of(self.at) if self.at is not None else None
+        if at in ids:
+            start = min(start, max(0, ids.index(at) - 5))
+        self.more_before = start > 0
+        return ids[start:end]
 
 
 class LimitReached(Exception):
@@ -198,16 +225,16 @@ class Conversation(models.Model):
 
     # --- branches -----------------------------------------------------------------
 
-    def _tree(self) -> list[tuple]:
-        """(pk, parent pk, public id, role) of every message, oldest first: one query."""
-        return list(self.messages.order_by("created_at", "pk").values_list("pk", "parent_id", "public_id", "role"))
+    def _tree(self) -> list[tuple[int, int | None]]:
+        """(pk, parent pk) of every message, oldest first: one light query."""
+        return list(self.messages.order_by("created_at", "pk").values_list("pk", "parent_id"))
 
     def path(self, leaf_id: int | None = "current", tree: list[tuple] | None = None) -> list[int]:
         """Pks of the visible branch (the leaf and its ancestors), oldest first."""
         tree = self._tree() if tree is None else tree
         if leaf_id == "current" and self.current_leaf_id is None:
-            return [pk for pk, _, _, _ in tree]  # messages saved without a tree: one straight line
-        parents = {pk: parent for pk, parent, _, _ in tree}
+            return [pk for pk, _ in tree]  # messages saved without a tree: one straight line
+        parents = dict(tree)
         leaf = self.current_leaf_id if leaf_id == "current" else leaf_id
         ids: list[int] = []
         while leaf is not None and leaf in parents:
@@ -215,35 +242,55 @@ class Conversation(models.Model):
             leaf = parents[leaf]
         return ids[::-1]
 
-    def visible_messages(self) -> list["Message"]:
+    def visible_messages(self, window: "TranscriptWindow | None" = None) -> list["Message"]:
         """The branch on screen, with attachments, and for each message its place
-        among its siblings (the "‹ 2/3 ›" of an edited or regenerated turn)."""
+        among its siblings (the "‹ 2/3 ›" of an edited or regenerated turn).
+
+        With a `window`, only part of it (a long conversation is shown from its
+        end, page by page); the window learns whether earlier messages exist.
+        """
         tree = self._tree()
         ids = self.path(tree=tree)
-        children: dict[int | None, list[tuple]] = {}
-        for pk, parent, public_id, role in tree:
-            children.setdefault(parent, []).append((pk, public_id))
+        if window is not None:
+            ids = window.cut(ids, self._pk_of)
+        parents = dict(tree)
+        children: dict[int | None, list[int]] = {}
+        for pk, parent in tree:
+            children.setdefault(parent, []).append(pk)
+        places = {}
+        for pk in ids:
+            siblings = children.get(parents[pk], []) if self.current_leaf_id else [pk]
+            position = siblings.index(pk)
+            before = siblings[position - 1] if position > 0 else None
+            after = siblings[position + 1] if position + 1 < len(siblings) else None
+            places[pk] = (position + 1, len(siblings), before, after)
+        wanted = set(ids) | {p for _, _, b, a in places.values() for p in (b, a) if p}
         by_pk = {m.pk: m for m in self.messages.filter(pk__in=ids).with_attachments()}
+        public = dict(self.messages.filter(pk__in=wanted - set(by_pk)).values_list("pk", "public_id"))
+        public.update({pk: m.public_id for pk, m in by_pk.items()})
         messages = []
-        parents = {pk: parent for pk, parent, _, _ in tree}
         for pk in ids:
             message = by_pk[pk]
-            siblings = children.get(parents[pk], []) if self.current_leaf_id else [(pk, message.public_id)]
-            position = next(i for i, (sibling, _) in enumerate(siblings) if sibling == pk)
+            index, count, before, after = places[pk]
             message.branch = {
-                "index": position + 1,
-                "count": len(siblings),
-                "previous": str(siblings[position - 1][1]) if position > 0 else None,
-                "next": str(siblings[position + 1][1]) if position + 1 < len(siblings) else None,
+                "index": index,
+                "count": count,
+                "previous": str(public[before]) if before else None,
+                "next": str(public[after]) if after else None,
             }
             messages.append(message)
+        if window is not None and window.more_before and messages:
+            window.earlier = str(messages[0].public_id)
         return messages
+
+    def _pk_of(self, public_id: uuid.UUID) -> int | None:
+        return self.messages.filter(public_id=public_id).values_list("pk", flat=True).first()
 
     def switch_to(self, message: "Message") -> None:
         """Show the branch through `message`: it and its newest descendants."""
         tree = self._tree()
         children: dict[int, list[int]] = {}
-        for pk, parent, _, _ in tree:
+        for pk, parent in tree:
             children.setdefault(parent, []).append(pk)
         leaf = message.pk
         while children.get(leaf):
@@ -418,7 +465,7 @@ def client_blocks(content: list[dict[str, Any]], meta: dict[str, Any] | None = N
         kind = block.get("type")
         if kind in ("text", "thinking", "redacted_thinking"):
             text = block.get("text") or block.get("thinking") or ""
-            item = {"index": index, "type": kind, "text": text, "html": render(text)}
+            item = {"index": index, "type": kind, "text": text, "html": render_finished(text)}
             if kind == "thinking" and str(index) in seconds:
                 item["seconds"] = seconds[str(index)]
             blocks.append(item)

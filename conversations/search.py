@@ -33,7 +33,7 @@ class Hit:
     @property
     def url(self) -> str:
         url = f"/c/{self.conversation_id}/"
-        return f"{url}#m-{self.message_id}" if self.message_id else url
+        return f"{url}?m={self.message_id}#m-{self.message_id}" if self.message_id else url
 
 
 def terms(query: str) -> list[str]:

@@ -1,4 +1,5 @@
 import json
+import uuid
 
 from django.conf import settings
 from django.contrib.auth import login, logout
@@ -12,7 +13,7 @@ from . import attachments, browsing, catalog, parameters
 from .curl import curl_command
 from .forms import SignupForm
 from .search import search as search_conversations
-from .models import Attachment, Conversation, Message, Preferences
+from .models import Attachment, Conversation, Message, Preferences, TranscriptWindow
 
 def _get_conversation_for_user(request, conversation_id) -> Conversation:
     """Someone else's conversation is a 404, exactly like a missing one."""
@@ -27,9 +28,21 @@ def _new_chat_settings(user) -> parameters.Settings:
     return parameters.defaults(rules, settings.CHAT_DEFAULT_MAX_TOKENS)
 
 
+def _message_id(value) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
 def _chat_context(request, conversation: Conversation | None) -> dict:
     sidebar = browsing.sidebar_page(request.user, archived=False)
-    messages = conversation.visible_messages() if conversation else []
+    window = TranscriptWindow(at=_message_id(request.GET.get("m")))
+    if conversation is not None and window.at is not None:
+        target = conversation.messages.filter(public_id=window.at).first()
+        if target is not None and not conversation.on_visible_branch(target):
+            conversation.switch_to(target)  # a search hit on another version: show that one
+    messages = conversation.visible_messages(window) if conversation else []
     chosen = conversation.chat_settings if conversation else _new_chat_settings(request.user)
     models = catalog.available_models()
     if not any(m["id"] == chosen.model for m in models):
@@ -40,6 +53,7 @@ def _chat_context(request, conversation: Conversation | None) -> dict:
         "page": sidebar,
         "current_id": str(conversation.public_id) if conversation else "",
         "transcript": [m.to_client() for m in messages],
+        "earlier": window.earlier,
         "model_name": rules[chosen.model].display_name,
         "models": models,
         "form": chosen.to_form(),
@@ -73,10 +87,12 @@ def conversation(request, conversation_id):
 
 @login_required
 def transcript(request, conversation_id):
-    """The transcript alone: the page fetches it after a reconnect."""
+    """The transcript alone: after a reconnect (the end of the branch), or
+    `?before=<message id>` for the page of messages before that one."""
     conversation = _get_conversation_for_user(request, conversation_id)
-    messages = [m.to_client() for m in conversation.visible_messages()]
-    return render(request, "conversations/_transcript.html", {"transcript": messages})
+    window = TranscriptWindow(before=_message_id(request.GET.get("before")))
+    messages = [m.to_client() for m in conversation.visible_messages(window)]
+    return render(request, "conversations/_transcript.html", {"transcript": messages, "earlier": window.earlier})
 
 
 @require_http_methods(["GET", "POST"])

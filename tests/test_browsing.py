@@ -135,7 +135,7 @@ def test_search_view_shows_only_my_hits(alice_client, alice, bob):
     mine = make(alice, "zoo")
     mine.add_user_message("a zebra at the zoo")
     page = alice_client.get("/search/", {"q": "zebra"}).content.decode()
-    assert "1 result" in page and f"/c/{mine.public_id}/#m-" in page and "<mark>zebra</mark>" in page
+    assert "1 result" in page and f"/c/{mine.public_id}/?m=" in page and "<mark>zebra</mark>" in page
 
 
 def test_export_json_then_import_round_trips(alice_client, alice):
@@ -225,3 +225,18 @@ def test_renamed_conversation_never_gets_a_generated_title(alice):
 def test_clean_title():
     assert browsing.clean_title('"Weekend Picnic."\nmore') == "Weekend Picnic"
     assert browsing.clean_title("Title: **Budget review**") == "Budget review"
+
+
+def test_long_conversation_opens_at_its_end_and_pages_backwards(alice_client, alice):
+    conversation = Conversation.start(alice)
+    for n in range(120):
+        conversation.add_user_message(f"note {n:03}")
+    page = alice_client.get(conversation.get_absolute_url()).content.decode()
+    assert page.count('data-role="user"') == 50 and "note 119" in page and "note 069" not in page
+    before = page.split('data-before="')[1].split('"')[0]
+    earlier = alice_client.get(f"/c/{conversation.public_id}/transcript/", {"before": before}).content.decode()
+    assert earlier.count('data-role="user"') == 50 and "note 020" in earlier and "note 070" not in earlier
+    assert "Show earlier messages" in earlier
+    first = conversation.messages.get(search_text="note 003")
+    around = alice_client.get(conversation.get_absolute_url(), {"m": str(first.public_id)}).content.decode()
+    assert f'id="m-{first.public_id}"' in around and "note 119" in around

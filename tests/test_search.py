@@ -24,7 +24,7 @@ def test_finds_message_text_with_the_match_marked(alice):
     hit = hits[0]
     assert hit.conversation_id == str(conversation.public_id) and hit.message_id
     assert "<mark>carbonara</mark>" in hit.snippet.lower()
-    assert hit.url == f"/c/{conversation.public_id}/#m-{hit.message_id}"
+    assert hit.url == f"/c/{conversation.public_id}/?m={hit.message_id}#m-{hit.message_id}"
 
 
 def test_finds_titles_and_word_prefixes(alice):

@@ -284,6 +284,21 @@ export class Transcript {
     });
   }
 
+  // A long conversation opens at its end; earlier messages come a page at a time.
+  async showEarlier(button) {
+    const holder = button.closest(".earlier");
+    button.disabled = true;
+    const id = location.pathname.split("/")[2];
+    const response = await fetch(`/c/${id}/transcript/?before=${encodeURIComponent(button.dataset.before)}`, { credentials: "same-origin" });
+    if (!response.ok) { button.disabled = false; return; }
+    const template = document.createElement("template");
+    template.innerHTML = await response.text(); // server-rendered transcript
+    template.content.querySelectorAll("pre").forEach(decorateCode);
+    const height = this.scroller.scrollHeight;
+    holder.replaceWith(template.content);
+    this.scroller.scrollTop += this.scroller.scrollHeight - height; // keep the reader's place
+  }
+
   lastUserArticle() {
     const users = this.root.querySelectorAll('article[data-role="user"]');
     return users[users.length - 1] || null;
@@ -297,6 +312,8 @@ export class Transcript {
       copyText(code.textContent, button);
     } else if (button.classList.contains("retry")) {
       if (!this.streaming) this.onRetry(button.closest("article").dataset.id);
+    } else if (button.classList.contains("show-earlier")) {
+      this.showEarlier(button);
     } else if (button.classList.contains("regenerate")) {
       if (!this.streaming) this.onBranch({ action: "regenerate", message: button.closest("article").dataset.id });
     } else if (button.classList.contains("branch")) {
