@@ -27,5 +27,10 @@ test: $(STAMP)
 	$(PY) manage.py migrate --noinput >/dev/null
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Streaming load benchmark (about 10 minutes): N = 10..1000 conversations through one
+# daphne process; writes docs/benchmarks.md. See bench/load.py --help.
+bench: $(STAMP)
+	$(PY) bench/load.py
+
 clean:
 	rm -rf $(VENV) data/staticfiles .pytest_cache

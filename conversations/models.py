@@ -690,19 +690,13 @@ class Message(models.Model):
         """
         if not hasattr(self, "branch"):
             self.compute_branch()
+        client = self.to_client()
+        shared = ("status", "stop_reason", "stop_sequence", "blocks", "usage", "cost", "error", "error_type", "request_id")
         return {
-            "article": render_to_string("conversations/_message.html", {"m": self.to_client()}),
             "event": "message.end",
-            "message": str(self.public_id),
-            "status": self.status,
-            "stop_reason": self.stop_reason,
-            "blocks": client_blocks(self.content, self.meta),
-            "usage": self.usage,
-            "cost": format_cost(self.cost),
-            "stop_sequence": self.stop_sequence,
-            "error": self.error,
-            "error_type": self.error_type,
-            "request_id": self.request_id,
+            "message": client["id"],
+            "article": render_to_string("conversations/_message.html", {"m": client}),
+            **{name: client[name] for name in shared},
         }
 
     def to_client(self) -> dict[str, Any]:
