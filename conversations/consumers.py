@@ -19,7 +19,16 @@ from django.template.loader import render_to_string
 
 from . import browsing, catalog, parameters
 from .generation import ensure_sweeper, start_generation
-from .models import Attachment, Conversation, LimitReached, Message, RequestTooLarge, TranscriptWindow
+from .models import (
+    Attachment,
+    Conversation,
+    LimitReached,
+    Message,
+    RequestTooLarge,
+    TranscriptWindow,
+    article_html,
+    with_articles,
+)
 
 MAX_ATTACHMENTS_PER_MESSAGE = 20
 
@@ -101,7 +110,7 @@ def _begin_turn(
             raise ChatError(str(exc)) from None  # leaving the block rolls everything back
         assistant = conversation.start_assistant_message()
     user_event = user_message.to_client()
-    user_event["article"] = render_to_string("conversations/_message.html", {"m": user_event})
+    user_event["article"] = article_html(user_event)
     return {
         "conversation_pk": conversation.pk,
         "conversation_id": str(conversation.public_id),
@@ -134,7 +143,7 @@ def _begin_retry(conversation_pk: int, message_id: str) -> dict[str, Any]:
 
 def _transcript_html(conversation: Conversation) -> str:
     window = TranscriptWindow()
-    messages = [m.to_client() for m in conversation.visible_messages(window)]
+    messages = with_articles(conversation.visible_messages(window))
     return render_to_string("conversations/_transcript.html", {"transcript": messages, "earlier": window.earlier})
 
 

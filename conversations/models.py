@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Callable
 
 from django.conf import settings
@@ -472,6 +474,28 @@ def client_blocks(content: list[dict[str, Any]], meta: dict[str, Any] | None = N
     return blocks
 
 
+def article_html(client: dict[str, Any]) -> str:
+    """A message as the page shows it (templates/conversations/_message.html).
+
+    A finished message looks the same until something in its client data
+    changes, so its HTML is kept per process, keyed by that data: reopening a
+    long conversation does not render its messages again.
+    """
+    if client["status"] == Message.Status.STREAMING:
+        return render_to_string("conversations/_message.html", {"m": client})
+    return _cached_article(json.dumps(client, sort_keys=True, default=str))
+
+
+@lru_cache(maxsize=4096)
+def _cached_article(client_json: str) -> str:
+    return render_to_string("conversations/_message.html", {"m": json.loads(client_json)})
+
+
+def with_articles(messages: list["Message"]) -> list[dict[str, Any]]:
+    """Client data of messages, each with its rendered `article`."""
+    return [{**client, "article": article_html(client)} for client in (m.to_client() for m in messages)]
+
+
 def format_cost(value: Decimal | None) -> str | None:
     if value is None:
         return None
@@ -695,7 +719,7 @@ class Message(models.Model):
         return {
             "event": "message.end",
             "message": client["id"],
-            "article": render_to_string("conversations/_message.html", {"m": client}),
+            "article": article_html(client),
             **{name: client[name] for name in shared},
         }
 

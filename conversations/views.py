@@ -13,7 +13,7 @@ from . import attachments, browsing, catalog, parameters
 from .curl import curl_command
 from .forms import SignupForm
 from .search import search as search_conversations
-from .models import Attachment, Conversation, Message, Preferences, TranscriptWindow
+from .models import Attachment, Conversation, Message, Preferences, TranscriptWindow, with_articles
 
 def _get_conversation_for_user(request, conversation_id) -> Conversation:
     """Someone else's conversation is a 404, exactly like a missing one."""
@@ -52,7 +52,7 @@ def _chat_context(request, conversation: Conversation | None) -> dict:
         "conversation": conversation,
         "page": sidebar,
         "current_id": str(conversation.public_id) if conversation else "",
-        "transcript": [m.to_client() for m in messages],
+        "transcript": with_articles(messages),
         "earlier": window.earlier,
         "model_name": rules[chosen.model].display_name,
         "models": models,
@@ -91,7 +91,7 @@ def transcript(request, conversation_id):
     `?before=<message id>` for the page of messages before that one."""
     conversation = _get_conversation_for_user(request, conversation_id)
     window = TranscriptWindow(before=_message_id(request.GET.get("before")))
-    messages = [m.to_client() for m in conversation.visible_messages(window)]
+    messages = with_articles(conversation.visible_messages(window))
     return render(request, "conversations/_transcript.html", {"transcript": messages, "earlier": window.earlier})
 
 
