@@ -27,9 +27,14 @@ test: $(STAMP)
 	$(PY) manage.py migrate --noinput >/dev/null
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Streaming load benchmark (about 10 minutes): N = 10..1000 conversations through one
-# daphne process; writes docs/benchmarks.md. See bench/load.py --help.
+# Benchmarks, written to docs/benchmarks.md with the machine and date:
+# memory while sending 30 MB of PDFs; browsing 10,000 conversations (SQLite, then
+# PostgreSQL); streaming load, N = 10..1000 conversations through one daphne
+# process (about 10 minutes; see bench/load.py --help).
 bench: $(STAMP)
+	$(PY) bench/attachment_memory.py
+	$(PY) bench/browsing.py
+	$(PY) bench/browsing.py --postgres
 	$(PY) bench/load.py
 
 clean:
