@@ -56,3 +56,34 @@ def test_refused_file_names_the_reason_and_keeps_the_text_and_other_files(page, 
     page.reload()  # an uploaded file survives a reload, like the typed text
     expect(message_box(page)).to_have_value("Keep this text")
     expect(page.locator('#pending-files .file-chip[data-status="done"]')).to_contain_text("ok.png")
+
+
+def test_dropping_and_pasting_files_attach_them(page, app_server, upstream):
+    import base64
+
+    signup(page, app_server.url, unique_username("dru"))
+    png = base64.b64encode(image_bytes("PNG", (40, 30))).decode()
+    pdf = base64.b64encode(pdf_bytes(2)).decode()
+    page.evaluate(
+        """([png, pdf]) => {
+            const file = (b64, name, type) => new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name, { type });
+            const dropped = new DataTransfer();
+            dropped.items.add(file(pdf, "dropped.pdf", "application/pdf"));
+            const chat = document.getElementById("chat");
+            chat.dispatchEvent(new DragEvent("dragenter", { dataTransfer: dropped, bubbles: true }));
+            chat.dispatchEvent(new DragEvent("drop", { dataTransfer: dropped, bubbles: true, cancelable: true }));
+            const pasted = new DataTransfer();
+            pasted.items.add(file(png, "pasted.png", "image/png"));
+            document.getElementById("message").dispatchEvent(
+                new ClipboardEvent("paste", { clipboardData: pasted, bubbles: true, cancelable: true }));
+        }""",
+        [png, pdf],
+    )
+    done = page.locator('#pending-files .file-chip[data-status="done"]')
+    expect(done).to_have_count(2)
+    expect(done.filter(has_text="dropped.pdf")).to_contain_text("2 pages")
+    expect(done.filter(has_text="pasted.png")).to_have_count(1)
+    upstream.enqueue(text_reply("Two files."))
+    message_box(page).press("Enter")
+    expect(articles(page, "assistant")).to_have_attribute("data-status", "complete")
+    assert sorted(b["type"] for b in upstream.requests[-1].body["messages"][0]["content"]) == ["document", "image"]
