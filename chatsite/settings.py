@@ -115,7 +115,10 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+            # channels_redis blocks 5 s in BZPOPMIN; redis-py 8 gives every connection
+            # a 5 s socket timeout by default, which made an idle receive() fail
+            # and close quiet sockets: give reads more time than the block.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1500, "expiry": 30},
         }
     }
 else:

@@ -216,10 +216,17 @@ class Generation:
                 )
                 await asyncio.sleep(delay)
 
-    async def _tick(self) -> None:
+    async def _tick(self, done: asyncio.Event) -> None:
+        """Flush and save until `done` is set. It is stopped by that event, not
+        by cancellation: a cancel landing inside a Redis group_send can be
+        swallowed, and the answer would then never finish."""
         last_save = time.monotonic()
-        while True:
-            await asyncio.sleep(settings.CHAT_FLUSH_INTERVAL)
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), settings.CHAT_FLUSH_INTERVAL)
+                return
+            except asyncio.TimeoutError:
+                pass
             await self.flush()
             since = time.monotonic() - last_save
             changed = self.version != self.saved_version
@@ -255,7 +262,8 @@ class Generation:
         channel = await self.layer.new_channel()
         await claim_worker_channel(self.message_pk, channel)
         stream_task = asyncio.create_task(self._stream())
-        ticker = asyncio.create_task(self._tick())
+        done = asyncio.Event()
+        ticker = asyncio.create_task(self._tick(done))
         listener = asyncio.create_task(self._listen(channel, stream_task))
         fields: dict[str, Any] = {}
         try:
@@ -282,8 +290,11 @@ class Generation:
             log.exception("generation %s crashed", self.message_id)
             fields = {"status": Message.Status.ERROR, "error_type": "internal_error", "error": f"Internal error: {exc.__class__.__name__}"}
         finally:
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
+            done.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(ticker), timeout=10)
+            except (asyncio.TimeoutError, Exception):
+                ticker.cancel()
             await self._stop_listener(channel, listener)
         await self._finish(fields)
 
