@@ -20,8 +20,6 @@ import datetime
 import io
 import json
 import os
-import platform
-import re
 import socket
 import subprocess
 import sys
@@ -36,8 +34,11 @@ from pypdf.generic import DecodedStreamObject, NameObject
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.fake_upstream import FakeUpstream, text_reply  # noqa: E402
+
+from common import machine, write_section  # noqa: E402
 
 SECTION = "## Memory: sending 30 MB of PDFs"
 MB = 1024 * 1024
@@ -170,16 +171,6 @@ def run(pdf_count: int, pdf_bytes: int) -> dict:
         }
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    ram = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) // 1024 // 1024
-    return f"{cpu}, {os.cpu_count()} cores, {ram} GiB RAM, Python {platform.python_version()}"
-
-
 def report(results: list[dict]) -> str:
     mb = MB
     rows = []
@@ -217,16 +208,6 @@ with an exact `Content-Length`: the server's memory grows by a few megabytes
 """
 
 
-def write(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(section + "\n", text)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -234,7 +215,7 @@ def main() -> None:
     results = [run(count, size) for count, size in CASES]
     section = report(results)
     print(section)
-    write(Path(args.out), section)
+    write_section(Path(args.out), SECTION, section)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -25,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import machine, write_section  # noqa: E402
 
 SECTION = "## Browsing: 10,000 conversations, one of 2,000 messages"
 CONVERSATIONS = 10_000
@@ -153,16 +154,6 @@ def run(postgres: bool) -> tuple[str, list[tuple[str, float, float, int]]]:
     return label, rows
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    ram = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) // 1024 // 1024
-    return f"{cpu}, {os.cpu_count()} cores, {ram} GiB RAM, Python {platform.python_version()}"
-
-
 def report(label: str, rows) -> str:
     table = "\n".join(f"| {name} | {median:.1f} ms | {p95:.1f} ms | {queries} |" for name, median, p95, queries in rows)
     worst = max(median for _, median, _, _ in rows)
@@ -188,16 +179,6 @@ The query counts do not depend on the amount of data (tests assert them with
 """
 
 
-def write(path: Path, heading: str, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(heading)}.*?\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postgres", action="store_true")
@@ -214,7 +195,7 @@ def main() -> None:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     section = report(label, rows)
     print(section)
-    write(Path(args.out), f"{SECTION} ({label})", section)
+    write_section(Path(args.out), f"{SECTION} ({label})", section)
 
 
 if __name__ == "__main__":

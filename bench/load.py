@@ -3,37 +3,41 @@
 
     python bench/load.py [--n 10,100,200,500,1000] [--out docs/benchmarks.md]
                          [--deltas 100] [--spacing 0.02] [--pg] [--profile 200]
+                         [--py-spy PATH] [--app-dir DIR] [--from-results FILE]
 
 What runs (all on loopback, every process stopped at the end, every level bounded):
 
 * the upstream: an asyncio HTTP/1.1 server in its own process (this file with
-  --serve-upstream) that answers each POST /v1/messages with a documented Messages
-  API stream: message_start, ping, content_block_start, `--deltas` text_delta
-  events `--spacing` seconds apart, content_block_stop, message_delta,
-  message_stop. Every delta's text embeds the wall-clock time at which the
-  upstream wrote it (`@T<microseconds>@`), so a receiver on the same machine can
-  compute each delta's latency. The text is ordinary markdown: paragraphs,
-  bold, inline code and one fenced Python block, so the app renders what it
-  would render for a real answer.
-* the app: `manage.py migrate` into a fresh DATA_DIR (SQLite), then one daphne
+  --serve-upstream) that answers each streaming POST /v1/messages with a
+  documented Messages API stream: message_start, ping, content_block_start,
+  `--deltas` text_delta events `--spacing` seconds apart, content_block_stop,
+  message_delta, message_stop (a request with "stream": false, such as the
+  app's title request, gets a small JSON message). Every delta's text embeds
+  the wall-clock time at which the upstream wrote it (`@T<microseconds>@`), so a
+  receiver on the same machine can compute each delta's latency. The text is
+  ordinary markdown: paragraphs, bold, inline code and one fenced Python block.
+* the app: `manage.py migrate` into a fresh DATA_DIR (SQLite; with --pg also a
+  fresh PostgreSQL database and the Redis channel layer), then ONE daphne
   process. The per-user limits are raised (CHAT_MAX_CONCURRENT_GENERATIONS and
   CHAT_MESSAGES_PER_MINUTE = 100000), ANTHROPIC_BASE_URL is the upstream. By
   default daphne is started through a small wrapper (this file with --daphne)
-  that adds two timestamps to each `message.delta` (when the generation task
-  received each upstream delta, and when its 40 ms flush began) so the delay can
-  be split into "before the flush" and "after the flush"; --plain-daphne runs
-  `python -m daphne` untouched (then only the end-to-end numbers are reported).
+  that only observes: it adds two timestamps to each `message.delta` (when the
+  generation task received each upstream delta, and when its flush began) and
+  runs a probe measuring event-loop lag and the wait for the thread-sensitive
+  sync thread; --plain-daphne runs `python -m daphne` untouched (then only the
+  end-to-end numbers are reported), and --plain-check N repeats one level so.
 * the load client (this file with --client, its own process): signs up
   ceil(N/10) users over HTTP (so each user has about 10 conversations streaming),
   opens N websockets to /ws/chat/new/, sends one message on each at the same
   moment and reads every event; latency of a delta = websocket receive time -
   upstream write time, for every timestamp in a (coalesced) message.delta.
-* the baseline: the same client reading the same upstream directly with httpx
-  (N concurrent streaming requests), measuring the same receive - write time.
+* the baseline: N concurrent streams read straight from the upstream by a plain
+  asyncio reader (the floor; its own process), and for comparison by httpx.
+* optionally py-spy on daphne during an extra run at N = --profile.
 
 The report replaces the section "## Streaming load (one daphne process)" of
 --out (other sections are kept). Logs and raw JSON results stay in a temporary
-directory printed at the end.
+directory printed at the end; --from-results rewrites the section from them.
 """
 
 from __future__ import annotations
@@ -761,6 +765,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def app_facts(app_dir: Path) -> dict:
+    """What the report may say about the code measured (statements that depend on it)."""
+    def read(name: str) -> str:
+        try:
+            return (Path(app_dir) / name).read_text()
+        except OSError:
+            return ""
+
+    consumers, generation, settings_py = read("conversations/consumers.py"), read("conversations/generation.py"), read("chatsite/settings.py")
+    return {
+        # channels' AsyncConsumer.dispatch runs close_old_connections() on the sync thread
+        # before every handler unless the consumer relays chat.event itself
+        "relay_hops_to_db_thread": "async def dispatch" not in consumers,
+        "ticker_stopped_by_cancel": "gather(ticker" in generation,
+        "redis_socket_timeout_set": "socket_timeout" in settings_py,
+        "conn_max_age_0": "conn_max_age=0" in settings_py,
+    }
+
+
 def describe_app(app_dir: Path) -> str:
     """Which code was measured: the commit, and whether the working tree had other changes."""
     def git(*words: str) -> str:
@@ -1142,14 +1165,16 @@ class Bench:
         path = data_dir / "profile.txt"
         if not path.exists():
             return {"error": _tail(data_dir / "py-spy.log", 5)}
-        return {"n": n, **analyse_profile(path.read_text())}
+        return {"n": n, "path": str(path), **analyse_profile(path.read_text())}
 
     # --- the whole run -------------------------------------------------------
 
     def save(self) -> None:
-        self.results["args"] = {k: getattr(self.args, k) for k in ("levels", "deltas", "spacing", "level_timeout", "pg", "plain_daphne")}
+        self.results["args"] = {k: getattr(self.args, k)
+                                for k in ("levels", "deltas", "spacing", "level_timeout", "pg", "plain_daphne", "redis_stock")}
         self.results["machine"] = machine_info()
         self.results["app"] = self.args.app_note or describe_app(self.app_dir)
+        self.results["app_facts"] = app_facts(self.app_dir)
         self.results["date"] = datetime.date.today().isoformat()
         (self.workdir / "results.json").write_text(json.dumps(self.results, indent=1, default=str))
 
@@ -1193,6 +1218,8 @@ class Bench:
         finally:
             if self.upstream:
                 stop_process(self.upstream, grace=5)
+        if self.args.before_results:
+            self.results["before"] = json.loads(Path(self.args.before_results).read_text())
         self.save()
         report = render_report(self.results, self.args, self.results["machine"])
         write_section(Path(self.args.out), report)
@@ -1359,36 +1386,37 @@ PROFILE_BUCKETS = [  # (label, substring of a frame), first match from the leaf 
 ]
 
 
+IDLE_LEAVES = ("selectors.py", "threading.py", "concurrent/futures/thread.py")  # a leaf here is a wait
+
+
 def analyse_profile(text: str) -> dict:
-    """Self time per function, inclusive time per function, and per-library buckets."""
+    """Shares of the busy samples (a thread waiting in select() or for work is idle):
+    per library bucket, per function inclusive, per function self time, per thread."""
     self_time: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     buckets: dict[str, int] = {}
     threads: dict[str, int] = {}
-    total = 0
-    idle = 0
+    total = idle = 0
     for line in text.splitlines():
-        line = line.rstrip()
-        if not line or " " not in line:
-            continue
-        stack, _, count_text = line.rpartition(" ")
+        stack, _, count_text = line.rstrip().rpartition(" ")
         try:
             count = int(count_text)
         except ValueError:
             continue
         frames = stack.split(";")
-        total += count
-        thread = frames[0] if frames and frames[0].startswith(("thread", "process")) else "?"
-        if frames and frames[0].startswith("process"):
-            thread = frames[1] if len(frames) > 1 else thread
-        threads[thread] = threads.get(thread, 0) + count
         code_frames = [f for f in frames if "(" in f and not f.startswith(("thread ", "process "))]
         if not code_frames:
             continue
-        leaf = code_frames[-1]
-        if any(word in leaf for word in ("select (selectors.py", "poll (selectors.py", "epoll", "wait (threading.py", "_worker (concurrent")):
+        leaf = _short(code_frames[-1])
+        function = leaf.split(" (")[0].rsplit(".", 1)[-1]
+        if any(function + " (" + where in leaf for where in IDLE_LEAVES):
             idle += count
-        self_time[_short(leaf)] = self_time.get(_short(leaf), 0) + count
+            continue
+        total += count
+        thread = next((f for f in frames if f.startswith("thread ")), "?")
+        thread = re.sub(r"^thread \(\d+\): ", "", thread)
+        threads[thread] = threads.get(thread, 0) + count
+        self_time[leaf] = self_time.get(leaf, 0) + count
         for name in {_short(f) for f in code_frames}:
             inclusive[name] = inclusive.get(name, 0) + count
         label = "other"
@@ -1399,14 +1427,12 @@ def analyse_profile(text: str) -> dict:
                 break
         buckets[label] = buckets.get(label, 0) + count
 
-    threads = {re.sub(r"^thread \(\d+\): ", "", name): count for name, count in threads.items()}
-
     def top(table: dict[str, int], k: int) -> list[tuple[str, float]]:
         return [(name, 100.0 * c / total) for name, c in sorted(table.items(), key=lambda kv: -kv[1])[:k]] if total else []
 
     return {
         "samples": total,
-        "idle_pct": 100.0 * idle / total if total else 0,
+        "idle_samples": idle,
         "threads": top(threads, 6),
         "self": top(self_time, 15),
         "inclusive": top({k: v for k, v in inclusive.items() if not _boring(k)}, 20),
@@ -1427,13 +1453,23 @@ def _short(frame: str) -> str:
 
 
 def _boring(name: str) -> bool:
-    return any(word in name for word in ("run_forever", "_run_once", "_run (asyncio/events.py", "<module>", "run (", "main (", "entrypoint",
-                                         "_bootstrap", "runReactor", "mainLoop", "startRunning"))
+    """Frames every sample of a thread passes through: entry points and bridges."""
+    return any(word in name for word in (
+        "run_forever", "_run_once", "Handle._run", "<module>", "main (", "entrypoint", "_bootstrap", "Thread.run",
+        "run_daphne_instrumented", "_worker (concurrent", "_WorkItem.run (concurrent", "SyncToAsync.__call__.<locals>.func", "run_child",
+        "SyncToAsync.thread_handler (asgiref", "Server.run (daphne", "CommandLineInterface.run", "AsyncioSelectorReactor.run",
+        "context.run", "Context.run",
+    ))  # fmt: skip
 
 
 # =============================================================================
 # The report
 # =============================================================================
+
+
+def _commit_of(note: str | None) -> str:
+    match = re.search(r"commit `([0-9a-f]+)`", note or "")
+    return f"commit `{match.group(1)}`" if match else (note or "an earlier run")
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -1571,7 +1607,7 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
                 "this bug. Fix in the app: pin `redis<8`, or set `socket_timeout` above 5 s in `CHANNEL_LAYERS`.",
                 "",
             ]
-        if check.get("cancel_swallowed"):
+        if check.get("cancel_swallowed") and (results.get("app_facts") or {}).get("ticker_stopped_by_cancel", True):
             lines += [
                 f"**Redis note 2 (not worked around):** a task cancelled while it awaits `group_send` often carries "
                 f"on as if it had not been cancelled: {check['cancel_swallowed']} of {check['cancel_trials']} "
@@ -1639,15 +1675,16 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
             f"| {_fmt(100 * base['client_cpu_s'] / base['go_s'] if base.get('go_s') else None, 0)} % "
             f"| {_fmt(late.get('late_p99_ms'))} "
             f"| {_fmt(hx_lat.get('p50'))} / {_fmt(hx_lat.get('p99'))} "
-            f"| {_fmt(100 * hx['client_cpu_s'] / hx['go_s'] if hx.get('go_s') else None, 0)} % |"
+            f"| {_fmt(100 * hx['client_cpu_s'] / hx['go_s'] if hx.get('go_s') else None, 0)} % "
+            f"| {_fmt(base.get('other_cores'), 2)} |"
         )
     if setup:
         lines += [
             "### The measuring setup itself (no app)",
             "",
             "| N | baseline p50 / p99 (ms) | baseline client CPU | upstream's own lateness p99 (ms) "
-            "| httpx reader p50 / p99 (ms) | httpx reader CPU |",
-            "|---:|---|---:|---:|---|---:|",
+            "| httpx reader p50 / p99 (ms) | httpx reader CPU | other processes during the baseline (cores) |",
+            "|---:|---|---:|---:|---|---:|---:|",
             *setup,
             "",
             "The baseline reader is plain asyncio streams. The same N streams read with httpx (`aiter_raw`, as the "
@@ -1658,6 +1695,41 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
             "",
         ]
 
+    before = results.get("before")
+    if before:
+        rows = []
+        for backend, title in (("sqlite", "SQLite"), ("postgres", "PostgreSQL + Redis")):
+            for n in sorted(int(k) for k in (before.get(backend) or {})):
+                app = before[backend][str(n)] if str(n) in before[backend] else before[backend][n]
+                base = (before.get("baseline") or {}).get(str(n)) or {}
+                if "fatal" in app:
+                    continue
+                beyond = app.get("beyond") or {}
+                b99 = (base.get("latency") or {}).get("p99")
+                detail = ", ".join(f"{k} {v}" for k, v in sorted(app["errors"].items()))
+                rows.append(
+                    f"| {title} | {n} | {_fmt(app['latency']['p50'])} / {_fmt(app['latency']['p99'])} "
+                    f"| {_fmt(_diff(beyond.get('p99'), b99))} | {app['failed_answers']} / {n}{' (' + detail + ')' if detail else ''} "
+                    f"| {_fmt(app.get('deltas_per_s'), 0)} | {app.get('upstream_peak_streams', '–')} "
+                    f"| {_fmt((app.get('daphne_cpu') or 0) * 100, 0)} % | {_fmt(app.get('peak_rss_mib'), 0)} |"
+                )
+        if rows:
+            lines += [
+                f"### Before the fixes ({_commit_of(before.get('app'))}, {before.get('date', '')})",
+                "",
+                "The same load on the code before the fixes this benchmark led to (a per-event database-thread hop "
+                "for every relayed event, Redis reads failing after 5 s idle, an answer's ticker stopped by a cancel "
+                "that a Redis `group_send` could swallow)"
+                + ("; PostgreSQL rows with `?socket_timeout=30` added to `REDIS_URL`" if not (before.get("args") or {}).get("redis_stock") else "")
+                + ":",
+                "",
+                "| backend | N | app p50 / p99 (ms) | added beyond the window p99 (ms) | errors | deltas/s | most streams at once "
+                "| daphne CPU | peak RSS (MiB) |",
+                "|---|---:|---|---:|---|---:|---:|---:|---:|",
+                *rows,
+                "",
+            ]
+
     micro = results.get("sqlite_micro")
     lines += conclusions(results, args, micro)
     profile = results.get("profile")
@@ -1665,8 +1737,9 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
         lines += [
             f"### Hot spots (py-spy, N = {profile['n']}, a separate run of the same load)",
             "",
-            f"{profile['samples']:,} samples of the daphne process's busy threads at 100 Hz over the streaming "
-            "phase (py-spy `record --threads --nonblocking`; idle waits are not sampled). "
+            f"{profile['samples']:,} busy samples of the daphne process's threads at 100 Hz over 30 s of the "
+            "streaming phase (py-spy `record --threads --nonblocking`; samples of a thread waiting in `select()` or "
+            "for work are left out). Shares are of the busy samples. "
             + "Threads: " + ", ".join(f"{name} {_fmt(pct, 0)} %" for name, pct in profile.get("threads", [])[:3]) + ".",
             "",
             "| innermost library on the stack | share of samples |",
@@ -1681,9 +1754,12 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
     elif profile:
         lines += [f"Profiling did not work: {profile.get('error', '')}", ""]
     lines += [
-        "Reproduce: `make bench` (SQLite, every level; a py-spy run at N = 200 when `py-spy` is on `PATH`); "
-        "`python bench/load.py --pg --py-spy /path/to/py-spy` adds the PostgreSQL + Redis table (needs both on "
-        "loopback). Raw JSON results and every process's log stay in the temporary directory printed at the end.",
+        "Reproduce: `python bench/load.py` (also part of `make bench`): SQLite, every level, a plain-daphne check "
+        "at N = 100, and a py-spy run at N = 200 when `py-spy` is on `PATH` (or `--py-spy PATH`); `--pg` adds the "
+        "PostgreSQL + Redis table (both on loopback; a fresh database per level, keys `asgi*` of the Redis "
+        "database are cleared). This run: `python bench/load.py --pg --app-dir <git archive of HEAD> --py-spy "
+        "<py-spy>`, about 40 minutes. Raw JSON results and every process's log stay in the temporary directory "
+        "printed at the end; `--from-results DIR/results.json` rewrites this section from them.",
         "",
     ]
     return "\n".join(lines)
@@ -1745,6 +1821,20 @@ def conclusions(results: dict, args: argparse.Namespace, micro: dict | None) -> 
                 else f"- **PostgreSQL + Redis at {n} streams:** met beyond the window."
             )
 
+    rates = [(n, sqlite[n]) for n in args.levels if n in sqlite and "fatal" not in sqlite[n]]
+    if rates:
+        best_n, best = max(rates, key=lambda item: item[1].get("deltas_per_s") or 0)
+        real_time = 1 / args.spacing  # deltas a second one stream needs
+        out.append(
+            f"- **Throughput (SQLite):** at most {_fmt(best.get('deltas_per_s'), 0)} deltas/s reached the clients "
+            f"(N = {best_n}, {_fmt(best.get('answers_per_s'))} answers/s), about {_fmt((best.get('deltas_per_s') or 0) / real_time, 0)} "
+            f"streams' worth at the upstream's pace of {real_time:.0f} deltas/s per stream (the baseline read "
+            f"{_fmt((results['baseline'].get(best_n) or {}).get('deltas_per_s'), 0)} deltas/s at that N). Websocket frames "
+            "delivered per second fell as N grew: "
+            + ", ".join(f"{_fmt(app.get('messages_per_s'), 0)} at N = {n}" for n, app in rates)
+            + " — every frame needs its turn on the one thread (below)."
+        )
+
     # Where it breaks.
     breaks = []
     for n in args.levels:
@@ -1770,20 +1860,29 @@ def conclusions(results: dict, args: argparse.Namespace, micro: dict | None) -> 
     else:
         out.append(f"- No level up to N = {max(args.levels)} broke (p99 beyond the window ≤ 25 ms, no errors).")
 
-    # Why: only the mechanisms the measurements point at.
+    # Why: only the mechanisms the measurements point at (and the code measured has).
     why = []
+    facts = results.get("app_facts") or {}
     hops = [(n, (sqlite.get(n) or {}).get("probe") or {}) for n in args.levels]
     hops = [(n, p) for n, p in hops if p.get("sync_hop_p99") is not None]
     if hops and max(p["sync_hop_p99"] for _, p in hops) > 25:
         worst = ", ".join(f"N = {n}: p50 {_fmt(p['sync_hop_p50'], 0)} / p99 {_fmt(p['sync_hop_p99'], 0)} ms" for n, p in hops)
-        why.append(
-            "**Everything waits for one thread.** Every database call of the app (`database_sync_to_async`) and — "
-            "because channels 4.3's `AsyncConsumer.dispatch` awaits `aclose_old_connections()` (a thread-sensitive "
-            "`sync_to_async(close_old_connections)`) before every handler — *every event relayed to every socket* "
-            "runs on asgiref's single thread-sensitive executor thread. So a delta cannot reach its socket until "
-            "the database work queued ahead of it is done. The probe's round trip through that thread: " + worst + "."
-        )
-    if micro:
+        if facts.get("relay_hops_to_db_thread", True):
+            why.append(
+                "**Everything waits for one thread.** Every database call of the app (`database_sync_to_async`) and — "
+                "because channels 4.3's `AsyncConsumer.dispatch` awaits `aclose_old_connections()` (a thread-sensitive "
+                "`sync_to_async(close_old_connections)`) before every handler — *every event relayed to every socket* "
+                "runs on asgiref's single thread-sensitive executor thread. So a delta cannot reach its socket until "
+                "the database work queued ahead of it is done. The probe's round trip through that thread: " + worst + "."
+            )
+        else:
+            why.append(
+                "**The database work waits for one thread.** Events are relayed to sockets without a database hop, "
+                "but every database call (`database_sync_to_async`: starting a turn, claiming the worker channel, "
+                "the once-a-second saves, finishing, titles) still runs on asgiref's single thread-sensitive "
+                "executor thread, one at a time. The probe's round trip through that thread: " + worst + "."
+            )
+    if micro and facts.get("conn_max_age_0", True):
         why.append(
             "**Each database call pays for a connection.** `conn_max_age=0` closes the connection after every "
             "`database_sync_to_async` call; with SQLite in WAL mode, closing the last connection checkpoints the WAL "
@@ -1818,12 +1917,31 @@ def conclusions(results: dict, args: argparse.Namespace, micro: dict | None) -> 
             + ", ".join(f"{_fmt(c * 100, 0)} %" + f" at N = {n}" for n, c in busy)
             + " of one core. "
             + (
-                f"From N = {saturated[0]} the process is CPU-bound (one event loop, one GIL)."
+                f"From N = {saturated[0]} it uses a whole core: one Python process has one event loop and one GIL, "
+                "shared with the database thread, so more load only makes the queues longer."
                 if saturated
                 else "The process is not CPU-bound: it is waiting on the one thread, not computing."
             )
         )
     profile = results.get("profile") or {}
+    clean = dict(profile.get("self") or []).get("InMemoryChannelLayer._clean_expired (channels/layers.py)")
+    if clean and clean >= 3:
+        why.append(
+            "**The in-memory channel layer walks every channel on every message.** `InMemoryChannelLayer` calls "
+            "`_clean_expired()` — a loop over all channels and all groups of the process — in every `send`, "
+            f"`receive` and `group_send`: {_fmt(clean)} % of the busy samples at N = {profile['n']} (self time), "
+            "and it grows with N × messages, i.e. quadratically."
+        )
+    pg10 = (results.get("postgres") or {}).get(smallest) or {}
+    if pg10.get("post_flush") and pg10["post_flush"]["p50"] > 100 and (pg10.get("daphne_cpu") or 1) < 0.5:
+        why.append(
+            f"**With Redis, deltas wait for the channel layer even when idle:** at N = {smallest} a delta spent "
+            f"p50 {_fmt(pg10['post_flush']['p50'], 0)} ms between its flush and the client while daphne used "
+            f"{_fmt(pg10['daphne_cpu'] * 100, 0)} % of a core — waiting, not computing. channels_redis takes every "
+            "message for every socket and generation of a process off one Redis list, one at a time under a lock, "
+            "with a second round trip to clean its backup queue; that serial path (not isolated further here) is "
+            "the likely limit."
+        )
     if profile.get("buckets"):
         top = ", ".join(f"{label} {_fmt(pct, 0)} %" for label, pct in profile["buckets"][:5])
         why.append(f"**Profile at N = {profile['n']}** (busy samples by innermost library): {top}.")
@@ -1885,6 +2003,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="before each measurement, wait up to this many seconds for other processes to go quiet")
     parser.add_argument("--app-dir", default=str(ROOT), help="the app to run (default: this checkout)")
     parser.add_argument("--app-note", default="", help="how the report names the code measured (default: from git)")
+    parser.add_argument("--before-results", default="",
+                        help="a results.json of an earlier run (before changes), summarised in a table of its own")
     parser.add_argument("--from-results", default="", help="only rewrite the report from a results.json of an earlier run")
     parser.add_argument("--plain-check", type=int, default=100,
                         help="run this N once more on plain `python -m daphne`, to compare (0: skip)")
@@ -1919,10 +2039,15 @@ def main(argv: list[str]) -> None:
         run_client(args)
     elif args.from_results:
         results = json.loads(Path(args.from_results).read_text())
+        raw = Path((results.get("profile") or {}).get("path") or Path(args.from_results).parent / "missing")
+        if raw.exists():  # re-analyse with this version of the code
+            results["profile"] = {"n": results["profile"]["n"], "path": str(raw), **analyse_profile(raw.read_text())}
         for key in ("sqlite", "postgres", "baseline", "baseline_httpx", "plain_check"):
             results[key] = {int(n): value for n, value in results.get(key, {}).items()}
         for key, value in results.get("args", {}).items():
             setattr(args, key, value)
+        if args.before_results:
+            results["before"] = json.loads(Path(args.before_results).read_text())
         write_section(Path(args.out), render_report(results, args, results["machine"]))
     else:
         Bench(args).run()
