@@ -194,7 +194,7 @@ class Conversation(models.Model):
         running = mine.filter(status=Message.Status.STREAMING).count()
         if running >= settings.CHAT_MAX_CONCURRENT_GENERATIONS:
             raise LimitReached(
-                f"You already have {running} answers being written at once, the most allowed. "
+                f"You already have {running} answer{'s' if running != 1 else ''} being written at once, the most allowed. "
                 "Wait for one to finish (or stop it), then send again."
             )
         window = timezone.now() - timedelta(seconds=60)

@@ -206,7 +206,8 @@ async def test_concurrent_answer_limit_names_the_limit(alice, fake_upstream, set
     await receive_until(socket_a, "message.start")
     await socket_b.send_json_to({"action": "send", "text": "two", "client_id": "b"})
     error = await receive_until(socket_b, "error")
-    assert "1 answers being written at once" in error["message"] and error["client_id"] == "b"
+    assert "You already have 1 answer being written at once, the most allowed." in error["message"]
+    assert error["client_id"] == "b"
     gate.open()
     await receive_until(socket_a, "message.end")
     await socket_a.disconnect()
