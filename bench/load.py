@@ -1573,6 +1573,8 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
         return rows
 
     lines += table("SQLite (default), in-memory channel layer", results["sqlite"])
+    for note in results.get("notes") or []:
+        lines += [f"*Note:* {note}", ""]
     for n, plain in (results.get("plain_check") or {}).items():
         wrapped = results["sqlite"].get(n) or {}
         if "fatal" in plain or "fatal" in wrapped or not wrapped:
@@ -1830,9 +1832,13 @@ def conclusions(results: dict, args: argparse.Namespace, micro: dict | None) -> 
             f"(N = {best_n}, {_fmt(best.get('answers_per_s'))} answers/s), about {_fmt((best.get('deltas_per_s') or 0) / real_time, 0)} "
             f"streams' worth at the upstream's pace of {real_time:.0f} deltas/s per stream (the baseline read "
             f"{_fmt((results['baseline'].get(best_n) or {}).get('deltas_per_s'), 0)} deltas/s at that N). Websocket frames "
-            "delivered per second fell as N grew: "
+            "delivered per second: "
             + ", ".join(f"{_fmt(app.get('messages_per_s'), 0)} at N = {n}" for n, app in rates)
-            + " — every frame needs its turn on the one thread (below)."
+            + (
+                " — each frame waited for its turn on the one database thread (below)."
+                if (results.get("app_facts") or {}).get("relay_hops_to_db_thread", True)
+                else " — more streams do not get more frames out: each stream gets fewer."
+            )
         )
 
     # Where it breaks.
