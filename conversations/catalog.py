@@ -14,6 +14,7 @@ import httpx
 from django.conf import settings
 from django.core.cache import cache
 
+from . import parameters
 from .parameters import ModelRules
 from .upstream import UpstreamConfig
 
@@ -79,6 +80,15 @@ def available_models() -> list[dict[str, str]]:
 
 def is_known(model_id: str) -> bool:
     return model_id in settings.CHAT_MODELS or any(m["id"] == model_id for m in available_models())
+
+
+def parse_settings(raw: dict) -> "parameters.Settings":
+    """The settings panel's values for any known model, validated as the API
+    would; parameters.Invalid (a sentence per field) if not."""
+    model = raw.get("model")
+    if not isinstance(model, str) or not is_known(model):
+        raise parameters.Invalid({"model": "Choose a model from the list."})
+    return parameters.parse(raw, rules_for(model))
 
 
 def cost(model_id: str, usage: dict[str, int]) -> Decimal | None:

@@ -45,11 +45,8 @@ def _settings_from(raw: Any) -> parameters.Settings:
     """Validate the settings panel's values as the API would (ChatError if not)."""
     if not isinstance(raw, dict):
         raise ChatError("The settings could not be read.")
-    model = raw.get("model")
-    if not isinstance(model, str) or not catalog.is_known(model):
-        raise ChatError("Choose a model from the list.", {"model": "Choose a model from the list."})
     try:
-        return parameters.parse(raw, catalog.rules_for(model))
+        return catalog.parse_settings(raw)
     except parameters.Invalid as exc:
         first = next(iter(exc.errors.values()))
         raise ChatError(f"Not sent: {first}", exc.errors) from None

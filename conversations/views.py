@@ -132,11 +132,8 @@ def save_settings(request):
         conversation = _get_conversation_for_user(request, payload["conversation"])
     if not isinstance(raw, dict):
         return JsonResponse({"ok": False, "errors": {"form": "The settings could not be read."}}, status=400)
-    model = raw.get("model")
-    if not isinstance(model, str) or not catalog.is_known(model):
-        return JsonResponse({"ok": False, "errors": {"model": "Choose a model from the list."}}, status=400)
     try:
-        chosen = parameters.parse(raw, catalog.rules_for(model))
+        chosen = catalog.parse_settings(raw)
     except parameters.Invalid as exc:
         return JsonResponse({"ok": False, "errors": exc.errors}, status=400)
     if conversation is not None:
