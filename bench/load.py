@@ -702,9 +702,9 @@ def run_daphne_instrumented(argv: list[str]) -> None:
             self.__dict__.setdefault("_bench_arrivals", []).append(now_us())
         return original_on_event(self, event)
 
-    async def flush(self):
+    async def flush(self, *args, **kwargs):
         self._bench_flush = now_us()
-        return await original_flush(self)
+        return await original_flush(self, *args, **kwargs)
 
     def _next(self, event, **data):
         if event == "message.delta":

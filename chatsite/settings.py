@@ -109,6 +109,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # Keep connections open. Channels runs every socket's and answer's database
+    # call on one thread; opening and closing SQLite there for each call cost
+    # eight times the query (bench/load.py). Django advises against persistent
+    # connections under ASGI because each HTTP request runs on a thread of its
+    # own: for SQLite that costs nothing more than today (a connection per
+    # request, closed with its thread), with no server to run out of connections.
+    DATABASES["default"]["CONN_MAX_AGE"] = None
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # PostgreSQL: psycopg's connection pool (Django's advice under ASGI) instead of
+    # a new connection for every database call.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": env_int("DATABASE_POOL_SIZE", 20),
+        "timeout": 20,
+    }
 
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
@@ -122,7 +137,7 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1500}}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "conversations.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1500}}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -215,9 +230,16 @@ CHAT_DEFAULT_MAX_TOKENS = env_int("CHAT_DEFAULT_MAX_TOKENS", 8192)
 CHAT_TITLE_MODEL = env_str("CHAT_TITLE_MODEL") or "claude-haiku-4-5-20251001"
 CHAT_GENERATE_TITLES = env_bool("CHAT_GENERATE_TITLES", True)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 200_000)
-# Streaming cadence: deltas reach sockets in batches this often (seconds); the
-# partial answer is written to the database at least this often.
-CHAT_FLUSH_INTERVAL = 0.04
+# Streaming cadence: new text goes to the sockets as soon as it arrives, at most
+# once per CHAT_FLUSH_INTERVAL per answer (one display frame); text arriving
+# together leaves in one frame. Re-rendering an answer's unfinished markdown is
+# kept to about CHAT_RENDER_BUDGET of one core per process (every flush for a
+# few answers, less often for hundreds, at least every CHAT_MAX_RENDER_INTERVAL);
+# the text is never held back for it. Running answers are written to the
+# database at least every CHAT_SAVE_INTERVAL seconds, all in one call.
+CHAT_FLUSH_INTERVAL = 0.016
+CHAT_RENDER_BUDGET = 0.1
+CHAT_MAX_RENDER_INTERVAL = 1.0
 CHAT_SAVE_INTERVAL = 1.0
 # Failures before the first byte (connection errors, 408, 409, 429, 5xx) are
 # retried this many times, with exponential backoff from this base (seconds).

@@ -18,6 +18,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from .markdown import StreamingMarkdown
@@ -46,16 +47,21 @@ def _claim_worker_channel(message_pk: int, channel: str) -> None:
     Message.objects.filter(pk=message_pk).update(worker_channel=channel)
 
 
-def _heartbeat(message_pk: int) -> None:
-    Message.objects.filter(pk=message_pk).update(updated_at=timezone.now())
-
-
-def _save_partial(message_pk: int, content: list, usage: dict, upstream_id: str) -> None:
-    message = Message.objects.get(pk=message_pk)
-    message.content = content
-    message.set_usage(usage)
-    message.upstream_id = upstream_id or message.upstream_id
-    message.save(update_fields=["content", "upstream_id", "updated_at", *usage_fields(usage)])
+def _save_batch(partials: list[tuple[int, list, dict, str]], heartbeats: list[int]) -> None:
+    """One round of the process's saver: every answer that changed gets its
+    partial content, the others a heartbeat, in one transaction. Only answers
+    still streaming are touched: a round that was queued behind an answer's
+    finish never writes over the finished message."""
+    now = timezone.now()
+    streaming = Message.objects.filter(status=Message.Status.STREAMING)
+    with transaction.atomic():
+        for message_pk, content, usage, upstream_id in partials:
+            fields = {"content": content, "updated_at": now, **valid_usage(usage)}
+            if upstream_id:
+                fields["upstream_id"] = upstream_id
+            streaming.filter(pk=message_pk).update(**fields)
+        if heartbeats:
+            streaming.filter(pk__in=heartbeats).update(updated_at=now)
 
 
 def _finish(message_pk: int, fields: dict[str, Any], usage: dict) -> dict[str, Any]:
@@ -76,17 +82,16 @@ def _finish(message_pk: int, fields: dict[str, Any], usage: dict) -> dict[str, A
     return {**message.end_event(), "totals": message.conversation.usage_totals()}
 
 
-def _recover_interrupted() -> list[tuple[str, dict[str, Any]]]:
-    return Message.objects.mark_interrupted(settings.CHAT_STALE_AFTER)
+def _recover_interrupted(running_here: list[int]) -> list[tuple[str, dict[str, Any]]]:
+    return Message.objects.mark_interrupted(settings.CHAT_STALE_AFTER, exclude=running_here)
 
 
-def usage_fields(usage: dict) -> list[str]:
-    return [name for name in USAGE_FIELDS if name in usage]
+def valid_usage(usage: dict) -> dict[str, int]:
+    return {name: usage[name] for name in USAGE_FIELDS if isinstance(usage.get(name), int) and usage[name] >= 0}
 
 
 claim_worker_channel = database_sync_to_async(_claim_worker_channel)
-save_partial = database_sync_to_async(_save_partial)
-heartbeat = database_sync_to_async(_heartbeat)
+save_batch = database_sync_to_async(_save_batch)
 finish = database_sync_to_async(_finish)
 recover_interrupted = database_sync_to_async(_recover_interrupted)
 
@@ -106,10 +111,17 @@ class Generation:
         self.renderers: dict[int, StreamingMarkdown] = {}
         self.block_types: dict[int, str] = {}
         self.pending_text: dict[int, str] = {}
+        self.unrendered: set[int] = set()  # blocks whose newest text went out as text only
         self.dirty = False
+        self.finished = False
+        self.wake = asyncio.Event()
+        self.publishing = asyncio.Lock()
+        self.last_flush = 0.0
+        self.next_render = 0.0
         self.stream: MessageStream | None = None
-        self.saved_version = 0
         self.version = 0
+        self.saved_version = 0
+        self.last_write = time.monotonic()
         self.thinking_started: dict[int, float] = {}
         self.thinking_seconds: dict[str, float] = {}
 
@@ -122,24 +134,36 @@ class Generation:
         self.seq += 1
         return {"event": event, "message": self.message_id, "seq": self.seq, **data}
 
-    async def flush(self) -> None:
-        if not self.dirty:
-            return
-        parts = []
-        for index, renderer in self.renderers.items():
-            text = self.pending_text.pop(index, None)
-            if text is None:
-                continue
-            append, tail = renderer.flush()
-            parts.append(
-                {"index": index, "type": self.block_types[index], "text": text, "append": append, "tail": tail}
-            )
-        for index in list(self.pending_text):  # blocks without text (redacted thinking)
-            self.pending_text.pop(index)
-            parts.append({"index": index, "type": self.block_types[index], "text": "", "append": "", "tail": ""})
-        self.dirty = False
-        if parts:
-            await self.publish(self._next("message.delta", parts=parts))
+    async def flush(self, *, render: bool = False) -> None:
+        """Publish the text that arrived since the last flush.
+
+        Every part carries its new `text`. The markdown HTML (`append` and
+        `tail`) is rendered only when this answer's render is due (see
+        `render_interval`) or `render` is asked for; in between, the browser
+        shows the new text as plain text after the tail."""
+        async with self.publishing:  # frames leave in `seq` order
+            if not (self.dirty or (render and self.unrendered)):
+                return
+            now = time.monotonic()
+            render = render or now >= self.next_render
+            started = time.perf_counter()
+            parts = []
+            for index in sorted(self.pending_text.keys() | (self.unrendered if render else set())):
+                part = {"index": index, "type": self.block_types[index], "text": self.pending_text.pop(index, "")}
+                renderer = self.renderers.get(index)
+                if renderer is None:  # blocks without text (redacted thinking)
+                    part["append"] = part["tail"] = ""
+                elif render:
+                    part["append"], part["tail"] = renderer.flush()
+                    self.unrendered.discard(index)
+                else:
+                    self.unrendered.add(index)
+                parts.append(part)
+            if render:
+                self.next_render = now + render_interval(time.perf_counter() - started)
+            self.dirty = False
+            if parts:
+                await self.publish(self._next("message.delta", parts=parts))
 
     def snapshot(self) -> dict[str, Any]:
         parts = []
@@ -181,6 +205,8 @@ class Generation:
         elif kind == "content_block_stop":
             self._thinking_done(event["index"])
         self.version += 1
+        if self.dirty:
+            self.wake.set()
 
     def _thinking_done(self, index: int) -> None:
         started = self.thinking_started.pop(index, None)
@@ -216,34 +242,36 @@ class Generation:
                 )
                 await asyncio.sleep(delay)
 
-    async def _tick(self, done: asyncio.Event) -> None:
-        """Flush and save until `done` is set. It is stopped by that event, not
-        by cancellation: a cancel landing inside a Redis group_send can be
-        swallowed, and the answer would then never finish."""
-        last_save = time.monotonic()
-        while not done.is_set():
-            try:
-                await asyncio.wait_for(done.wait(), settings.CHAT_FLUSH_INTERVAL)
+    async def _flusher(self) -> None:
+        """Publish new text as soon as the event loop gets to it, at most once
+        per CHAT_FLUSH_INTERVAL. Events that arrive together (one network read,
+        or while the loop is busy) leave in one frame. It ends when `finished`
+        is set and `wake` with it, never by cancellation: a cancel landing
+        inside a Redis group_send can be swallowed."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.finished:
                 return
-            except asyncio.TimeoutError:
-                pass
-            await self.flush()
-            since = time.monotonic() - last_save
-            changed = self.version != self.saved_version
-            if (changed and since >= settings.CHAT_SAVE_INTERVAL) or since >= settings.CHAT_HEARTBEAT_INTERVAL:
-                last_save = time.monotonic()
-                await self._save()
+            delay = self.last_flush + settings.CHAT_FLUSH_INTERVAL - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                if self.finished:
+                    return
+            try:
+                await self.flush()
+            except Exception:  # the channel layer may be briefly away: the next flush sends it all
+                log.exception("generation %s: publishing a delta failed", self.message_id)
+                self.dirty = True
+            self.last_flush = time.monotonic()
 
-    async def _save(self) -> None:
-        """Save the partial answer; when nothing changed, this is the heartbeat."""
+    def unsaved(self) -> tuple[int, list, dict, str] | None:
+        """(pk, content, usage, upstream id) when the answer changed since its last save."""
+        if self.stream is None or self.version == self.saved_version:
+            return None
         self.saved_version = self.version
-        if self.stream is None:
-            await heartbeat(self.message_pk)
-            return
         acc = self.stream.accumulator
-        await save_partial(
-            self.message_pk, _copy_content(acc.content), dict(acc.message.get("usage", {})), acc.message.get("id", "")
-        )
+        return self.message_pk, _copy_content(acc.content), dict(acc.message.get("usage", {})), acc.message.get("id", "")
 
     async def _listen(self, channel: str, stream_task: asyncio.Task) -> None:
         while True:
@@ -253,6 +281,7 @@ class Generation:
             if request.get("type") == "generation.stop":
                 stream_task.cancel()
             elif request.get("type") == "generation.snapshot" and request.get("reply_to"):
+                await self.flush()  # text already in the snapshot must not come again in a later delta
                 await self.layer.send(request["reply_to"], {"type": "chat.event", "payload": self.snapshot()})
 
     async def run(self) -> None:
@@ -260,10 +289,18 @@ class Generation:
         # channel of one prefix from one Redis list, and a second prefix would
         # starve the sockets' own channels.
         channel = await self.layer.new_channel()
-        await claim_worker_channel(self.message_pk, channel)
+        live = _live_here()
+        live[self.message_pk] = self
+        ensure_saver()
+        try:
+            await claim_worker_channel(self.message_pk, channel)
+            await self._run(channel)
+        finally:
+            live.pop(self.message_pk, None)
+
+    async def _run(self, channel: str) -> None:
         stream_task = asyncio.create_task(self._stream())
-        done = asyncio.Event()
-        ticker = asyncio.create_task(self._tick(done))
+        flusher = asyncio.create_task(self._flusher())
         listener = asyncio.create_task(self._listen(channel, stream_task))
         fields: dict[str, Any] = {}
         try:
@@ -290,11 +327,12 @@ class Generation:
             log.exception("generation %s crashed", self.message_id)
             fields = {"status": Message.Status.ERROR, "error_type": "internal_error", "error": f"Internal error: {exc.__class__.__name__}"}
         finally:
-            done.set()
+            self.finished = True
+            self.wake.set()
             try:
-                await asyncio.wait_for(asyncio.shield(ticker), timeout=10)
+                await asyncio.wait_for(asyncio.shield(flusher), timeout=10)
             except (asyncio.TimeoutError, Exception):
-                ticker.cancel()
+                flusher.cancel()
             await self._stop_listener(channel, listener)
         await self._finish(fields)
 
@@ -309,7 +347,7 @@ class Generation:
             await asyncio.gather(listener, return_exceptions=True)
 
     async def _finish(self, fields: dict[str, Any]) -> None:
-        await self.flush()
+        await self.flush(render=True)
         for index in list(self.thinking_started):  # stopped while thinking
             self._thinking_done(index)
         fields["meta"] = {"thinking_seconds": self.thinking_seconds} if self.thinking_seconds else {}
@@ -325,6 +363,80 @@ class Generation:
         await self.publish(self._next(end.pop("event"), **end))
         if fields["status"] == Message.Status.COMPLETE:
             _track(asyncio.get_running_loop().create_task(generate_title(self.conversation_pk)))
+
+
+def render_interval(cost: float) -> float:
+    """How long an answer waits before its markdown is rendered again, given
+    what its last render cost (seconds). Re-rendering the unfinished tail is the
+    costly part of streaming; this keeps it to about CHAT_RENDER_BUDGET of one
+    core however many answers this process streams: one answer is rendered on
+    every flush, hundreds every few hundred milliseconds (never less often than
+    CHAT_MAX_RENDER_INTERVAL). The text itself is never held back."""
+    live = max(1, len(_live_here()))
+    return min(settings.CHAT_MAX_RENDER_INTERVAL, live * cost / settings.CHAT_RENDER_BUDGET)
+
+
+# --- this process's running answers, and their saver --------------------------
+
+_live: dict[asyncio.AbstractEventLoop, dict[int, Generation]] = {}
+_savers: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+
+
+def _live_here() -> dict[int, Generation]:
+    loop = asyncio.get_running_loop()
+    for stale in [key for key in _live if key.is_closed()]:
+        del _live[stale]
+    return _live.setdefault(loop, {})
+
+
+async def save_round() -> None:
+    """Write every running answer of this process in one database call: the
+    partial content of those that changed, a heartbeat for those silent for
+    CHAT_HEARTBEAT_INTERVAL. A stream never waits for it."""
+    now = time.monotonic()
+    partials, heartbeats, written = [], [], []
+    for generation in list(_live_here().values()):
+        partial = generation.unsaved()
+        if partial is not None:
+            partials.append(partial)
+        elif now - generation.last_write >= settings.CHAT_HEARTBEAT_INTERVAL:
+            heartbeats.append(generation.message_pk)
+        else:
+            continue
+        written.append(generation)
+    if not written:
+        return
+    try:
+        await save_batch(partials, heartbeats)
+    except Exception:
+        for generation in written:
+            generation.saved_version = -1  # write it again next round
+        raise
+    for generation in written:
+        generation.last_write = now
+
+
+async def _save_forever() -> None:
+    while True:
+        await asyncio.sleep(min(settings.CHAT_SAVE_INTERVAL, settings.CHAT_HEARTBEAT_INTERVAL))
+        try:
+            await save_round()
+        except Exception:  # the database may be briefly away: try again next round
+            log.exception("saving the running answers failed")
+
+
+def ensure_saver() -> None:
+    """Start this process's saver of running answers, once per event loop."""
+    _ensure(_savers, _save_forever, "running-answer-saver")
+
+
+def _ensure(tasks: dict[asyncio.AbstractEventLoop, asyncio.Task], coroutine, name: str) -> None:
+    loop = asyncio.get_running_loop()
+    for stale in [key for key in tasks if key.is_closed()]:
+        del tasks[stale]
+    task = tasks.get(loop)
+    if task is None or task.done():
+        tasks[loop] = loop.create_task(coroutine(), name=name)
 
 
 def _copy_content(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -376,9 +488,11 @@ async def generate_title(conversation_pk: int) -> None:
 
 
 async def sweep_once() -> int:
-    """Mark answers whose process died interrupted, and tell their open pages."""
+    """Mark answers whose process died interrupted, and tell their open pages.
+    This process's own running answers are alive whatever their heartbeat says
+    (a heartbeat late because the process is busy is not a death)."""
     layer = get_channel_layer()
-    recovered = await recover_interrupted()
+    recovered = await recover_interrupted(list(_live_here()))
     for group, event in recovered:
         await layer.group_send(group, {"type": "chat.event", "payload": event})
     return len(recovered)
@@ -400,10 +514,7 @@ async def _sweep_forever() -> None:
 
 def ensure_sweeper() -> None:
     """Start this process's periodic check for interrupted answers, once per event loop."""
-    loop = asyncio.get_running_loop()
-    task = _sweepers.get(loop)
-    if task is None or task.done():
-        _sweepers[loop] = loop.create_task(_sweep_forever(), name="interrupted-answer-sweeper")
+    _ensure(_sweepers, _sweep_forever, "interrupted-answer-sweeper")
 
 
 async def wait_for_generations(timeout: float = 10.0) -> None:

@@ -83,12 +83,18 @@ def render_finished(text: str) -> str:
     return render(text)
 
 
-def _line_offsets(text: str) -> list[int]:
-    offsets = [0]
-    for i, ch in enumerate(text):
-        if ch == "\n":
-            offsets.append(i + 1)
-    return offsets
+def _render_tokens(tokens: list) -> str:
+    if not tokens:
+        return ""
+    md = _parser()
+    return _sanitize(md.renderer.render(tokens, md.options, {}))
+
+
+def _offset_of_line(text: str, line: int) -> int:
+    offset = 0
+    for _ in range(line):
+        offset = text.index("\n", offset) + 1
+    return offset
 
 
 class StreamingMarkdown:
@@ -106,13 +112,20 @@ class StreamingMarkdown:
 
         `append_html` holds blocks that became final: the client appends them
         once. `tail_html` is the current rendering of the unfinished last block:
-        the client replaces its tail with it.
+        the client replaces its tail with it. The tail is parsed once: a
+        top-level block is final once another top-level block has started after
+        it, and markdown-it's block tokens tell where each one begins.
         """
         tail = self.text[self.committed :]
-        cut = self._stable_prefix(tail)
-        append = render(tail[:cut]) if cut else ""
-        self.committed += cut
-        return append, render(self.text[self.committed :])
+        if not tail:
+            return "", ""
+        tokens = _parser().parse(tail)
+        starts = [(i, t.map[0]) for i, t in enumerate(tokens) if t.level == 0 and t.nesting != -1 and t.map]
+        if len(starts) < 2:
+            return "", _render_tokens(tokens)
+        split, line = starts[-1]
+        self.committed += _offset_of_line(tail, line)
+        return _render_tokens(tokens[:split]), _render_tokens(tokens[split:])
 
     def finish(self) -> str:
         """Render what is left once the block is complete."""
@@ -123,19 +136,3 @@ class StreamingMarkdown:
     def snapshot(self) -> tuple[str, str]:
         """(html of everything final so far, html of the tail): for a late joiner."""
         return render(self.text[: self.committed]), render(self.text[self.committed :])
-
-    @staticmethod
-    def _stable_prefix(tail: str) -> int:
-        """Length of the leading part of `tail` made of finished top-level blocks.
-
-        A top-level block is finished once another top-level block has started
-        after it; markdown-it's block tokens tell where each one begins.
-        """
-        if "\n" not in tail:
-            return 0
-        tokens = _parser().parse(tail)
-        starts = [t.map[0] for t in tokens if t.level == 0 and t.nesting != -1 and t.map]
-        if len(starts) < 2:
-            return 0
-        last_start_line = starts[-1]
-        return _line_offsets(tail)[last_start_line]

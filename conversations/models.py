@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from django.conf import settings
 from django.db import models, transaction
@@ -531,15 +531,17 @@ class MessageQuerySet(models.QuerySet):
         cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
         return self.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
 
-    def mark_interrupted(self, older_than_seconds: float) -> list[tuple[str, dict[str, Any]]]:
-        """Mark stale streaming answers interrupted, keeping their saved text.
+    def mark_interrupted(self, older_than_seconds: float, exclude: Iterable[int] = ()) -> list[tuple[str, dict[str, Any]]]:
+        """Mark stale streaming answers interrupted, keeping their saved text;
+        `exclude` names answers known to be running (the caller's own).
 
         Returns (group name, message.end event) for each, to tell open pages.
         """
         from .upstream import describe_error
 
         recovered = []
-        for message in self.stale_streaming(older_than_seconds).select_related("conversation"):
+        stale = self.stale_streaming(older_than_seconds).exclude(pk__in=list(exclude))
+        for message in stale.select_related("conversation"):
             updated = Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
                 status=Message.Status.INTERRUPTED,
                 error_type="interrupted",

@@ -17,7 +17,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any, AsyncIterator, Callable
 
+import aiohttp
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 from httpx_sse import EventSource, SSEError, aconnect_sse
 
 API_VERSION = "2023-06-01"
@@ -320,6 +322,25 @@ def error_from_event(data: dict[str, Any]) -> UpstreamError:
     )
 
 
+# A failed connection, from httpx or from the aiohttp transport under it.
+CONNECTION_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+
+
+def original(exc: BaseException) -> BaseException:
+    """The transport's own exception: httpx-aiohttp re-raises aiohttp's errors
+    as httpx ones, loosely (a refused connection becomes ConnectTimeout)."""
+    cause = exc.__cause__
+    return cause if isinstance(exc, httpx.HTTPError) and isinstance(cause, (aiohttp.ClientError, OSError)) else exc
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Did the API go silent, rather than refuse or drop the connection?"""
+    exc = original(exc)
+    if isinstance(exc, aiohttp.ClientError):
+        return isinstance(exc, aiohttp.ServerTimeoutError)
+    return isinstance(exc, (httpx.TimeoutException, TimeoutError))
+
+
 class MessageStream:
     """One streaming request. Use as `async with MessageStream(...) as stream`.
 
@@ -352,13 +373,11 @@ class MessageStream:
         )
         try:
             self._source = await self._cm.__aenter__()
-        except httpx.TimeoutException as exc:
+        except CONNECTION_ERRORS as exc:
+            if timed_out(exc):
+                raise UpstreamError("The API did not answer in time.", error_type="connection_error") from exc
             raise UpstreamError(
-                "The API did not answer in time.", error_type="connection_error"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamError(
-                f"Could not reach the API at {self.config.base_url} ({exc.__class__.__name__}).",
+                f"Could not reach the API at {self.config.base_url} ({original(exc).__class__.__name__}).",
                 error_type="connection_error",
             ) from exc
         response = self._source.response
@@ -400,13 +419,13 @@ class MessageStream:
                 yield data
                 if self.accumulator.finished:
                     return
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(
-                "The API stopped sending before the answer was complete.",
-                error_type="stream_interrupted",
-                request_id=self.request_id,
-            ) from exc
-        except (httpx.TransportError, SSEError) as exc:
+        except (*CONNECTION_ERRORS, SSEError) as exc:
+            if timed_out(exc):
+                raise UpstreamError(
+                    "The API stopped sending before the answer was complete.",
+                    error_type="stream_interrupted",
+                    request_id=self.request_id,
+                ) from exc
             raise UpstreamError(
                 "The connection to the API broke before the answer was complete.",
                 error_type="stream_interrupted",
@@ -424,8 +443,8 @@ async def create_message(client: httpx.AsyncClient, config: UpstreamConfig, body
     url = config.base_url.rstrip("/") + "/v1/messages"
     try:
         response = await client.post(url, json={**body, "stream": False}, headers=config.headers(), timeout=30.0)
-    except httpx.HTTPError as exc:
-        raise UpstreamError(f"Could not reach the API ({exc.__class__.__name__}).", error_type="connection_error") from exc
+    except (httpx.HTTPError, *CONNECTION_ERRORS) as exc:
+        raise UpstreamError(f"Could not reach the API ({original(exc).__class__.__name__}).", error_type="connection_error") from exc
     if response.status_code >= 300:
         raise error_from_response(response.status_code, response.headers, response.content)
     try:
@@ -453,8 +472,9 @@ def get_client(config: UpstreamConfig) -> httpx.AsyncClient:
 
             client = httpx.AsyncClient(transport=DemoTransport())
         else:
-            client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100)
-            )
+            # httpx's interface over aiohttp's transport (as the Anthropic SDK
+            # offers for high concurrency): aiohttp parses HTTP in C, which halves
+            # the CPU each streamed event costs (bench/load.py).
+            client = HttpxAiohttpClient(limits=httpx.Limits(max_connections=100_000, max_keepalive_connections=100))
         _clients[key] = client
     return client

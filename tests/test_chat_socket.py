@@ -293,6 +293,31 @@ async def test_outsider_cannot_stop_or_see_someone_elses_answer(alice, bob, fake
     await intruder.disconnect()
 
 
+async def test_busy_process_sends_text_at_once_and_the_markdown_when_due(alice, fake_upstream, settings):
+    # A render budget so small that, after its first rendering, the answer's
+    # markdown is rendered again only at the end: the text must not wait for it.
+    settings.CHAT_RENDER_BUDGET = 1e-9
+    settings.CHAT_MAX_RENDER_INTERVAL = 60
+    pieces = ["Some **bold", "** words\n\n", "```python\n", "x = 1\n", "```\n\nthe end"]
+    fake_upstream.enqueue(text_reply(pieces, delay=0.05))
+    conversation = await new_conversation(alice)
+    socket = await connect(alice, conversation)
+    await socket.send_json_to({"action": "send", "text": "Hi", "client_id": "c1"})
+    events: list[dict] = []
+    end = await receive_until(socket, "message.end", collect=events)
+    await socket.disconnect()
+
+    parts = [part for e in events if e["event"] == "message.delta" for part in e["parts"] if part["type"] == "text"]
+    assert answer_text(events) == "".join(pieces)
+    text_only = [part for part in parts if "tail" not in part]
+    assert len(text_only) >= 3 and all(part["text"] and "append" not in part for part in text_only)
+    last = parts[-1]
+    assert "tail" in last, "the last delta brings the final rendering"
+    html = "".join(part.get("append", "") for part in parts) + last["tail"]
+    assert "<strong>bold</strong> words" in html and "<pre" in html and "the end" in last["tail"]
+    assert end["status"] == "complete" and "<strong>bold</strong>" in end["blocks"][0]["html"]
+
+
 async def test_partial_answer_is_saved_while_it_streams(alice, fake_upstream, settings):
     gate = Gate()
     fake_upstream.enqueue(text_reply(["Saved ", "while ", "streaming", " end"], gate_after=3, gate=gate))

@@ -188,10 +188,34 @@ async def test_live_answer_is_not_marked_interrupted(alice, fake_upstream, setti
     await asyncio.to_thread(gate.reached.wait, 5)
     await asyncio.sleep(1.5)  # longer than CHAT_STALE_AFTER, but the heartbeat keeps it fresh
     assert await sweep_once() == 0
+    # The heartbeat is what other processes' sweepers see.
+    answer = await answer_of(conversation)
+    assert answer.status == "streaming"
+    assert timezone.now() - answer.updated_at < timedelta(seconds=settings.CHAT_STALE_AFTER)
     gate.open()
     end = await receive_until(socket, "message.end")
     await socket.disconnect()
     assert end["status"] == "complete"
+
+
+async def test_answer_running_in_this_process_is_not_interrupted_when_its_heartbeat_is_late(alice, fake_upstream, settings):
+    """A process too busy to write heartbeats in time must not declare its own
+    live answers dead (its sweeper runs in the same overloaded process)."""
+    gate = Gate()
+    fake_upstream.enqueue(text_reply(["still ", "alive"], gate_after=1, gate=gate))
+    conversation = await new_conversation(alice)
+    socket = await open_socket(alice, f"/ws/chat/{conversation.public_id}/")
+    assert (await socket.connect())[0]
+    await socket.send_json_to({"action": "send", "text": "Hi", "client_id": "c1"})
+    await asyncio.to_thread(gate.reached.wait, 5)
+    answer = await answer_of(conversation)
+    stale = timezone.now() - timedelta(seconds=settings.CHAT_STALE_AFTER + 5)
+    await database_sync_to_async(Message.objects.filter(pk=answer.pk).update)(updated_at=stale)
+    assert await sweep_once() == 0
+    gate.open()
+    end = await receive_until(socket, "message.end")
+    await socket.disconnect()
+    assert end["status"] == "complete" and end["blocks"][0]["text"] == "still alive"
 
 
 async def test_concurrent_answer_limit_names_the_limit(alice, fake_upstream, settings):

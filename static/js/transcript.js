@@ -188,8 +188,12 @@ export class Transcript {
         template.content.querySelectorAll("pre").forEach(decorateCode);
         committed.append(template.content);
       }
-      tail.innerHTML = part.tail; // sanitized on the server
-      tail.querySelectorAll("pre").forEach(decorateCode);
+      if ("tail" in part) {
+        tail.innerHTML = part.tail; // sanitized on the server
+        tail.querySelectorAll("pre").forEach(decorateCode);
+      } else if (part.text) {
+        showUnrendered(tail, part.text);
+      }
       if (part.type === "text" && part.text) closeThinking(article);
     }
     this.afterChange();
@@ -342,6 +346,22 @@ function streamingBody() {
   const body = el("div", { class: "md", "data-raw": "" });
   body.append(el("div", { class: "committed" }), el("div", { class: "tail" }));
   return body;
+}
+
+// Text whose markdown the server has not rendered yet (it re-renders a busy
+// answer's tail less often than it sends text): shown as plain text at the end
+// of the last block until the next rendered tail replaces it.
+const CONTAINERS = new Set(["P", "UL", "OL", "LI", "BLOCKQUOTE", "DIV", "PRE", "CODE", "TABLE", "TBODY", "TR", "TD", "H1", "H2", "H3", "H4", "H5", "H6"]);
+
+function showUnrendered(tail, text) {
+  let target = tail;
+  while (target.lastElementChild && CONTAINERS.has(target.lastElementChild.tagName)) target = target.lastElementChild;
+  let span = target.lastChild;
+  if (!(span instanceof HTMLElement && span.classList.contains("unrendered"))) {
+    span = el("span", { class: "unrendered" });
+    target.append(span);
+  }
+  span.textContent += text;
 }
 
 function closeThinking(article) {
