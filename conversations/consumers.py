@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.template.loader import render_to_string
 
-from . import browsing, catalog, parameters
+from . import browsing, catalog, parameters, relay
 from .generation import ensure_sweeper, start_generation
 from .models import (
     Attachment,
@@ -230,21 +230,30 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.close(code=4404)  # someone else's, or no such conversation
                 return
             self.conversation_pk, self.conversation_id = found
-            await self.channel_layer.group_add(self.group, self.channel_name)
+            await self.join(self.group)
         # Every socket of this person hears of renamed, pinned, archived, new and
         # deleted conversations, whatever conversation it shows.
-        await self.channel_layer.group_add(browsing.user_group(user.pk), self.channel_name)
+        await self.join(browsing.user_group(user.pk))
         await self.accept()
         ensure_sweeper()
         if self.conversation_pk is not None:
             await self.catch_up()
 
+    async def join(self, group: str) -> None:
+        relay.join(group, self)
+        await self.channel_layer.group_add(group, self.channel_name)
+
     async def disconnect(self, code: int) -> None:
-        if self.conversation_pk is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        groups = [self.group] if self.conversation_pk is not None else []
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
-            await self.channel_layer.group_discard(browsing.user_group(user.pk), self.channel_name)
+            groups.append(browsing.user_group(user.pk))
+        for group in groups:
+            relay.leave(group, self)
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def publish(self, group: str, payload: dict[str, Any]) -> None:
+        await relay.publish(self.channel_layer, group, payload)
 
     async def catch_up(self, only: str | None = None) -> None:
         """Ask each running generation for the text so far (sent to this socket only).
@@ -297,22 +306,19 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         turn = await begin_turn(self.scope["user"], self.conversation_pk, text, chosen, attachment_ids)
         if self.conversation_pk is None:
             self.conversation_pk, self.conversation_id = turn["conversation_pk"], turn["conversation_id"]
-            await self.channel_layer.group_add(self.group, self.channel_name)
+            await self.join(self.group)
             await self.send_json({"event": "conversation.created", "id": self.conversation_id, "url": turn["url"]})
-            await self.channel_layer.group_send(
+            await self.publish(
                 browsing.user_group(self.scope["user"].pk),
-                {"type": "chat.event", "payload": {"event": "conversation.added", "conversation": {"id": self.conversation_id, "title": turn["title"]}}},
+                {"event": "conversation.added", "conversation": {"id": self.conversation_id, "title": turn["title"]}},
             )
-        await self.channel_layer.group_send(
+        await self.publish(
             self.group,
             {
-                "type": "chat.event",
-                "payload": {
-                    "event": "message.user",
-                    "client_id": client_id,
-                    "message": turn["user"],
-                    "conversation": {"id": self.conversation_id, "title": turn["title"]},
-                },
+                "event": "message.user",
+                "client_id": client_id,
+                "message": turn["user"],
+                "conversation": {"id": self.conversation_id, "title": turn["title"]},
             },
         )
         await self.start_answer(turn)
@@ -327,19 +333,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def replace_transcript(self, html: str, client_id: Any = None) -> None:
         """Every page on this conversation now shows another branch."""
-        await self.channel_layer.group_send(
-            self.group,
-            {"type": "chat.event", "payload": {"event": "transcript.replace", "html": html, "client_id": client_id}},
-        )
+        await self.publish(self.group, {"event": "transcript.replace", "html": html, "client_id": client_id})
 
     async def retry(self, message_id: str) -> None:
         await self.start_answer(await begin_retry(self.conversation_pk, message_id))
 
     async def start_answer(self, turn: dict[str, Any]) -> None:
-        await self.channel_layer.group_send(
-            self.group,
-            {"type": "chat.event", "payload": {"event": "message.start", "message": turn["assistant_id"], "seq": 0}},
-        )
+        await self.publish(self.group, {"event": "message.start", "message": turn["assistant_id"], "seq": 0})
         start_generation(
             message_pk=turn["assistant_pk"],
             message_id=turn["assistant_id"],
@@ -361,7 +361,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         delta of every socket behind one thread (bench/load.py showed seconds
         of delay at 100 streams)."""
         if message.get("type") == "chat.event":
-            await self.chat_event(message)
+            if not relay.is_own(message):  # this process's own events came straight from relay.publish
+                await self.chat_event(message)
         else:
             await super().dispatch(message)
 

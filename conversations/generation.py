@@ -21,9 +21,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .markdown import StreamingMarkdown
+from .markdown import StreamingMarkdown, remember_finished
 from .models import USAGE_FIELDS, Message
-from . import browsing
+from . import browsing, relay
 from .catalog import upstream_config
 from .upstream import (
     MessageStream,
@@ -128,7 +128,7 @@ class Generation:
     # events to the browser -------------------------------------------------
 
     async def publish(self, payload: dict[str, Any]) -> None:
-        await self.layer.group_send(self.group, {"type": "chat.event", "payload": payload})
+        await relay.publish(self.layer, self.group, payload)
 
     def _next(self, event: str, **data: Any) -> dict[str, Any]:
         self.seq += 1
@@ -359,6 +359,8 @@ class Generation:
             fields["upstream_id"] = acc.message["id"]
         if self.stream and self.stream.request_id and not fields.get("request_id"):
             fields["request_id"] = self.stream.request_id
+        for renderer in self.renderers.values():  # the saved answer's rendering is the streamed one
+            remember_finished(renderer.text, renderer.final_html())
         end = await finish(self.message_pk, fields, usage)
         await self.publish(self._next(end.pop("event"), **end))
         if fields["status"] == Message.Status.COMPLETE:
@@ -483,8 +485,8 @@ async def generate_title(conversation_pk: int) -> None:
     if event:
         layer = get_channel_layer()
         owner, group = event.pop("owner"), event.pop("group")
-        await layer.group_send(browsing.user_group(owner), {"type": "chat.event", "payload": event})
-        await layer.group_send(group, {"type": "chat.event", "payload": event})
+        await relay.publish(layer, browsing.user_group(owner), event)
+        await relay.publish(layer, group, event)
 
 
 async def sweep_once() -> int:
@@ -494,7 +496,7 @@ async def sweep_once() -> int:
     layer = get_channel_layer()
     recovered = await recover_interrupted(list(_live_here()))
     for group, event in recovered:
-        await layer.group_send(group, {"type": "chat.event", "payload": event})
+        await relay.publish(layer, group, event)
     return len(recovered)
 
 

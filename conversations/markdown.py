@@ -11,9 +11,11 @@ unfinished last block (the tail) is rendered again on each flush.
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import nh3
+from cachetools import LRUCache, cached
 from markdown_it import MarkdownIt
 from pygments import highlight as pygments_highlight
 from pygments.formatters import HtmlFormatter
@@ -40,14 +42,21 @@ ALLOWED_ATTRIBUTES = {
 URL_SCHEMES = {"http", "https", "mailto"}
 
 
+@lru_cache(maxsize=128)
+def _lexer(name: str):
+    """Pygments lexer for a fence's language name, or None (looked up once per name:
+    a streaming answer's code block is highlighted again on every rendering)."""
+    try:
+        return get_lexer_by_name(name)
+    except ClassNotFound:
+        return None
+
+
 def _highlight(code: str, lang: str, _attrs: str) -> str:
-    if lang:
-        try:
-            lexer = get_lexer_by_name(lang.split()[0])
-        except ClassNotFound:
-            return ""
-        return pygments_highlight(code, lexer, _FORMATTER)
-    return ""  # markdown-it escapes it as plain text
+    lexer = _lexer(lang.split()[0]) if lang.strip() else None
+    if lexer is None:
+        return ""  # markdown-it escapes it as plain text
+    return pygments_highlight(code, lexer, _FORMATTER)
 
 
 @lru_cache(maxsize=1)
@@ -76,11 +85,22 @@ def render(text: str) -> str:
     return _sanitize(_parser().render(text))
 
 
-@lru_cache(maxsize=4096)
+_finished: LRUCache = LRUCache(maxsize=4096)
+_finished_lock = threading.Lock()
+
+
+@cached(_finished, key=lambda text: text, lock=_finished_lock)
 def render_finished(text: str) -> str:
     """render() for text that no longer changes (saved answers): pages that show
     a long conversation again and again render each answer once per process."""
     return render(text)
+
+
+def remember_finished(text: str, html: str) -> None:
+    """Give render_finished() a rendering already made: a streamed answer's
+    blocks and final tail (StreamingMarkdown.final_html) are its rendering."""
+    with _finished_lock:
+        _finished[text] = html
 
 
 def _render_tokens(tokens: list) -> str:
@@ -103,6 +123,9 @@ class StreamingMarkdown:
     def __init__(self) -> None:
         self.text = ""
         self.committed = 0  # text[:committed] is rendered and final
+        self.committed_html: list[str] = []
+        self.tail_html = ""
+        self.rendered = 0  # text[:rendered] is in committed_html + tail_html
 
     def feed(self, delta: str) -> None:
         self.text += delta
@@ -117,15 +140,25 @@ class StreamingMarkdown:
         it, and markdown-it's block tokens tell where each one begins.
         """
         tail = self.text[self.committed :]
-        if not tail:
-            return "", ""
-        tokens = _parser().parse(tail)
+        self.rendered = len(self.text)
+        append = ""
+        tokens = _parser().parse(tail) if tail else []
         starts = [(i, t.map[0]) for i, t in enumerate(tokens) if t.level == 0 and t.nesting != -1 and t.map]
-        if len(starts) < 2:
-            return "", _render_tokens(tokens)
-        split, line = starts[-1]
-        self.committed += _offset_of_line(tail, line)
-        return _render_tokens(tokens[:split]), _render_tokens(tokens[split:])
+        if len(starts) >= 2:
+            split, line = starts[-1]
+            self.committed += _offset_of_line(tail, line)
+            append, tokens = _render_tokens(tokens[:split]), tokens[split:]
+            self.committed_html.append(append)
+        self.tail_html = _render_tokens(tokens)
+        return append, self.tail_html
+
+    def final_html(self) -> str:
+        """The whole text's HTML, once it is complete: the blocks handed out
+        and the tail (rendered again only if text came after the last flush).
+        It equals render(self.text)."""
+        if self.rendered != len(self.text):
+            self.flush()
+        return "".join(self.committed_html) + self.tail_html
 
     def finish(self) -> str:
         """Render what is left once the block is complete."""

@@ -120,6 +120,19 @@ def test_streamed_rendering_matches_the_full_rendering(seed):
     assert stream(SAMPLE, sizes) == render(SAMPLE)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_final_html_of_a_stream_is_the_full_rendering(seed):
+    rng = random.Random(seed)
+    renderer, position = StreamingMarkdown(), 0
+    while position < len(SAMPLE):
+        size = rng.randint(1, 30)
+        renderer.feed(SAMPLE[position : position + size])
+        position += size
+        if rng.random() < 0.5:  # flushes come and go; text may arrive after the last one
+            renderer.flush()
+    assert renderer.final_html() == render(SAMPLE)
+
+
 def test_character_by_character_stream_matches_too():
     assert stream(SAMPLE, [1] * len(SAMPLE)) == render(SAMPLE)
 
