@@ -1512,8 +1512,9 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
         (
             f"**Settings:** `CHAT_FLUSH_INTERVAL` = {flush_ms / 1000:g} s (new text is published as soon as the "
             f"generation task has it, but at most once per {flush_ms:.0f} ms per answer; with deltas "
-            f"{args.spacing * 1000:.0f} ms apart each one normally leaves at once), `CHAT_RENDER_BUDGET` = 0.1 (the "
-            "unfinished markdown tail is re-rendered less often as more answers stream; the text never waits for it), "
+            f"{args.spacing * 1000:.0f} ms apart each one normally leaves at once), `CHAT_RENDER_BUDGET` = 0.1 and "
+            "`CHAT_MAX_RENDER_INTERVAL` = 2 s (the unfinished markdown tail is re-rendered less often as more answers "
+            "stream, at least every 2 s; the text never waits for it), "
             "`CHAT_SAVE_INTERVAL` = 1 s (one save of all running answers per process), `CHAT_STALE_AFTER` = 30 s; "
             f"each level's streaming phase is cut off after {args.level_timeout:.0f} s."
             if (results.get("app_facts") or {}).get("leading_edge_flush")

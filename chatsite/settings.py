@@ -133,7 +133,14 @@ if REDIS_URL:
             # channels_redis blocks 5 s in BZPOPMIN; redis-py 8 gives every connection
             # a 5 s socket timeout by default, which made an idle receive() fail
             # and close quiet sockets: give reads more time than the block.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1500, "expiry": 30},
+            # redis-py 8 also caps a pool at 100 connections and fails the 101st
+            # at once (MaxConnectionsError): every answer streaming in a process
+            # may be publishing at the same moment, so allow many more.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 2000}],
+                "capacity": 1500,
+                "expiry": 30,
+            },
         }
     }
 else:
@@ -239,7 +246,7 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 200_000)
 # database at least every CHAT_SAVE_INTERVAL seconds, all in one call.
 CHAT_FLUSH_INTERVAL = 0.016
 CHAT_RENDER_BUDGET = 0.1
-CHAT_MAX_RENDER_INTERVAL = 1.0
+CHAT_MAX_RENDER_INTERVAL = 2.0
 CHAT_SAVE_INTERVAL = 1.0
 # Failures before the first byte (connection errors, 408, 409, 429, 5xx) are
 # retried this many times, with exponential backoff from this base (seconds).

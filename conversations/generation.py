@@ -372,8 +372,8 @@ def render_interval(cost: float) -> float:
     what its last render cost (seconds). Re-rendering the unfinished tail is the
     costly part of streaming; this keeps it to about CHAT_RENDER_BUDGET of one
     core however many answers this process streams: one answer is rendered on
-    every flush, hundreds every few hundred milliseconds (never less often than
-    CHAT_MAX_RENDER_INTERVAL). The text itself is never held back."""
+    every flush, hundreds up to every CHAT_MAX_RENDER_INTERVAL (never less
+    often). The text itself is never held back."""
     live = max(1, len(_live_here()))
     return min(settings.CHAT_MAX_RENDER_INTERVAL, live * cost / settings.CHAT_RENDER_BUDGET)
 

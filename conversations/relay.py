@@ -13,12 +13,12 @@ socket is local and the layer is skipped.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections import defaultdict
 from typing import Any
 
+import orjson
 from channels.layers import InMemoryChannelLayer
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def is_own(event: dict[str, Any]) -> bool:
 async def publish(layer, group: str, payload: dict[str, Any]) -> None:
     members = _members.get(group)
     if members:
-        text = json.dumps(payload)
+        text = orjson.dumps(payload).decode()
         for consumer in list(members):
             try:
                 await consumer.send(text_data=text)

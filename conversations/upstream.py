@@ -19,6 +19,7 @@ from typing import IO, Any, AsyncIterator, Callable
 
 import aiohttp
 import httpx
+import orjson
 from httpx_aiohttp import HttpxAiohttpClient
 from httpx_sse import EventSource, SSEError, aconnect_sse
 
@@ -404,7 +405,7 @@ class MessageStream:
         try:
             async for sse in self._source.aiter_sse():
                 try:
-                    data = json.loads(sse.data) if sse.data else {}
+                    data = orjson.loads(sse.data) if sse.data else {}
                 except ValueError:
                     continue  # not JSON: not an event we know
                 if not isinstance(data, dict):
