@@ -713,9 +713,31 @@ def run_daphne_instrumented(argv: list[str]) -> None:
 
     cls.on_event, cls.flush, cls._next = on_event, flush, _next
     _install_probe(os.environ.get("BENCH_PROBE_FILE", ""))
+    _install_task_dump()
     from daphne.cli import CommandLineInterface
 
     CommandLineInterface().run(argv)
+
+
+def _install_task_dump() -> None:
+    """On SIGUSR1 (sent before daphne is stopped), write the stack of every
+    generation task still running to stderr (daphne.log): an answer that never
+    ended shows where it waits."""
+
+    def dump() -> None:
+        tasks = [t for t in asyncio.all_tasks() if "Generation" in getattr(t.get_coro(), "__qualname__", "")]
+        print(f"--- {len(tasks)} generation task(s) still running", file=sys.stderr)
+        for task in tasks[:20]:
+            task.print_stack(limit=30, file=sys.stderr)
+        sys.stderr.flush()
+
+    def on_signal(*_args) -> None:
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(dump)
+        except Exception as exc:  # no loop yet
+            print(f"task dump failed: {exc!r}", file=sys.stderr)
+
+    signal.signal(signal.SIGUSR1, on_signal)
 
 
 def _install_probe(path: str) -> None:
@@ -926,6 +948,9 @@ def wait_quiet(limit: float, threshold: float = 0.3, window: float = 2.0) -> flo
 
 def stop_process(process: subprocess.Popen, grace: float = 10.0) -> None:
     if process.poll() is None:
+        if "--daphne" in (process.args or []):
+            process.send_signal(signal.SIGUSR1)  # stacks of answers still running (_install_task_dump)
+            time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=grace)

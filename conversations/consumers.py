@@ -240,8 +240,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.catch_up()
 
     async def join(self, group: str) -> None:
-        relay.join(group, self)
-        await self.channel_layer.group_add(group, self.channel_name)
+        await relay.join(self.channel_layer, group, self)
+        await self.channel_layer.group_add(group, self.channel_name)  # events sent by views
 
     async def disconnect(self, code: int) -> None:
         groups = [self.group] if self.conversation_pk is not None else []
@@ -249,7 +249,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if user is not None and user.is_authenticated:
             groups.append(browsing.user_group(user.pk))
         for group in groups:
-            relay.leave(group, self)
+            await relay.leave(self.channel_layer, group, self)
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def publish(self, group: str, payload: dict[str, Any]) -> None:
@@ -265,7 +265,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"event": "state", "streaming": [str(mid) for mid, _ in workers]})
         for message_id, channel in workers:
             if only is None or str(message_id) == only:
-                await self.channel_layer.send(channel, {"type": "generation.snapshot", "reply_to": self.channel_name})
+                await self.channel_layer.send(
+                    channel,
+                    {
+                        "type": "generation.snapshot",
+                        "reply_to": self.channel_name,
+                        "relay": await relay.channel_name(self.channel_layer),  # later deltas reach this process
+                    },
+                )
 
     async def receive_json(self, content: Any, **kwargs) -> None:
         if not isinstance(content, dict):
@@ -361,8 +368,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         delta of every socket behind one thread (bench/load.py showed seconds
         of delay at 100 streams)."""
         if message.get("type") == "chat.event":
-            if not relay.is_own(message):  # this process's own events came straight from relay.publish
-                await self.chat_event(message)
+            await self.chat_event(message)
         else:
             await super().dispatch(message)
 

@@ -1,11 +1,11 @@
 """The generation runner: one asyncio task per assistant answer.
 
 The task is not owned by any socket: closing the tab does not stop it. It
-streams from the upstream client, publishes coalesced deltas to the
-conversation's channel-layer group, saves the partial answer at least once a
-second, and finishes the message at the end. It listens on a channel of its own
-(stored on the message) for "stop" and "snapshot" requests, so that any socket
-on any process can stop it or catch up with it.
+streams from the upstream client, publishes new text to the conversation's
+sockets as it arrives (relay.py), and finishes the message at the end; the
+process's saver writes every running answer at least once a second. It listens
+on a channel of its own (stored on the message) for "stop" and "snapshot"
+requests, so that any socket on any process can stop it or catch up with it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
@@ -38,6 +39,14 @@ from .upstream import (
 log = logging.getLogger(__name__)
 
 _running: set[asyncio.Task] = set()
+_detached: set[asyncio.Task] = set()
+
+
+def _keep(task: asyncio.Task) -> asyncio.Task:
+    """Hold a task nothing awaits until it is done (the loop keeps only weak references)."""
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+    return task
 
 
 # --- database work: plain values in and out, each wrapped once ------------
@@ -113,7 +122,8 @@ class Generation:
         self.pending_text: dict[int, str] = {}
         self.unrendered: set[int] = set()  # blocks whose newest text went out as text only
         self.dirty = False
-        self.finished = False
+        self.finished = False  # the stream is over (the flusher stops)
+        self.ended = False  # message.end is out (the listener answers nothing more)
         self.wake = asyncio.Event()
         self.publishing = asyncio.Lock()
         self.last_flush = 0.0
@@ -278,9 +288,12 @@ class Generation:
             request = await self.layer.receive(channel)
             if request.get("type") == "generation.exit":
                 return
+            if self.ended:  # a late request: the answer's message.end is already out
+                continue
             if request.get("type") == "generation.stop":
                 stream_task.cancel()
             elif request.get("type") == "generation.snapshot" and request.get("reply_to"):
+                relay.learn(self.layer, self.group, request.get("relay"))
                 await self.flush()  # text already in the snapshot must not come again in a later delta
                 await self.layer.send(request["reply_to"], {"type": "chat.event", "payload": self.snapshot()})
 
@@ -301,7 +314,7 @@ class Generation:
     async def _run(self, channel: str) -> None:
         stream_task = asyncio.create_task(self._stream())
         flusher = asyncio.create_task(self._flusher())
-        listener = asyncio.create_task(self._listen(channel, stream_task))
+        _keep(asyncio.create_task(self._listen(channel, stream_task)))  # it may outlive the answer (_stop_listener)
         fields: dict[str, Any] = {}
         try:
             await stream_task
@@ -333,18 +346,25 @@ class Generation:
                 await asyncio.wait_for(asyncio.shield(flusher), timeout=10)
             except (asyncio.TimeoutError, Exception):
                 flusher.cancel()
-            await self._stop_listener(channel, listener)
+            _keep(asyncio.get_running_loop().create_task(self._stop_listener(channel)))
         await self._finish(fields)
 
-    async def _stop_listener(self, channel: str, listener: asyncio.Task) -> None:
-        """End the listener with a message rather than by cancelling its receive():
-        a receive cancelled mid-way can stall other receivers of a Redis layer."""
-        try:
-            await self.layer.send(channel, {"type": "generation.exit"})
-            await asyncio.wait_for(asyncio.shield(listener), timeout=2)
-        except (asyncio.TimeoutError, Exception):
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+    async def _stop_listener(self, channel: str) -> None:
+        """Tell the listener to end, without waiting for it, and never cancel
+        its receive(): on a busy Redis layer the message can take seconds, and
+        channels_redis may never return from a cancelled receive (answers then
+        waited for their listener forever and never ended: bench/load.py,
+        PostgreSQL + Redis at 100 streams). The listener ends when the message
+        reaches it, and ignores requests that arrive after the answer ended."""
+        for _attempt in range(20):
+            try:
+                await self.layer.send(channel, {"type": "generation.exit"})
+                return
+            except ChannelFull:  # the process's Redis inbox is backed up: try again shortly
+                await asyncio.sleep(0.5)
+            except Exception:
+                break
+        log.warning("generation %s: could not tell its listener to end", self.message_id)
 
     async def _finish(self, fields: dict[str, Any]) -> None:
         await self.flush(render=True)
@@ -362,6 +382,7 @@ class Generation:
         for renderer in self.renderers.values():  # the saved answer's rendering is the streamed one
             remember_finished(renderer.text, renderer.final_html())
         end = await finish(self.message_pk, fields, usage)
+        self.ended = True
         await self.publish(self._next(end.pop("event"), **end))
         if fields["status"] == Message.Status.COMPLETE:
             _track(asyncio.get_running_loop().create_task(generate_title(self.conversation_pk)))
