@@ -245,6 +245,8 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 200_000)
 # the text is never held back for it. Running answers are written to the
 # database at least every CHAT_SAVE_INTERVAL seconds, all in one call.
 CHAT_FLUSH_INTERVAL = 0.016
+# Helper processes that render those tails (0: the server process itself).
+CHAT_RENDER_PROCESSES = env_int("CHAT_RENDER_PROCESSES", 1)
 CHAT_RENDER_BUDGET = 0.1
 CHAT_MAX_RENDER_INTERVAL = 2.0
 CHAT_SAVE_INTERVAL = 1.0

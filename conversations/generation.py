@@ -23,6 +23,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from .markdown import StreamingMarkdown, remember_finished
+from . import render_pool
+from .render_pool import render_tails
 from .models import USAGE_FIELDS, Message
 from . import browsing, relay
 from .catalog import upstream_config
@@ -156,22 +158,27 @@ class Generation:
                 return
             now = time.monotonic()
             render = render or now >= self.next_render
-            started = time.perf_counter()
-            parts = []
+            parts, jobs = [], []
+            # Text and what to render are taken together, before any await: text
+            # arriving during the rendering goes out with the next delta.
             for index in sorted(self.pending_text.keys() | (self.unrendered if render else set())):
                 part = {"index": index, "type": self.block_types[index], "text": self.pending_text.pop(index, "")}
                 renderer = self.renderers.get(index)
                 if renderer is None:  # blocks without text (redacted thinking)
                     part["append"] = part["tail"] = ""
                 elif render:
-                    part["append"], part["tail"] = renderer.flush()
+                    jobs.append((part, renderer, *renderer.unfinished()))
                     self.unrendered.discard(index)
                 else:
                     self.unrendered.add(index)
                 parts.append(part)
-            if render:
-                self.next_render = now + render_interval(time.perf_counter() - started)
             self.dirty = False
+            if jobs:
+                started = time.perf_counter()
+                results = await render_tails([tail for _part, _renderer, _upto, tail in jobs])
+                for (part, renderer, upto, _tail), result in zip(jobs, results):
+                    part["append"], part["tail"] = renderer.apply(result, upto)
+                self.next_render = now + render_interval(time.perf_counter() - started)
             if parts:
                 await self.publish(self._next("message.delta", parts=parts))
 
@@ -305,6 +312,7 @@ class Generation:
         live = _live_here()
         live[self.message_pk] = self
         ensure_saver()
+        render_pool.warm_up()
         try:
             await claim_worker_channel(self.message_pk, channel)
             await self._run(channel)

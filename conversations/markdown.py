@@ -117,8 +117,25 @@ def _offset_of_line(text: str, line: int) -> int:
     return offset
 
 
+def render_tail(tail: str) -> tuple[int, str, str]:
+    """(length of the finished blocks that `tail` starts with, their HTML, the
+    HTML of the unfinished rest). The text is parsed once: a top-level block is
+    finished once another top-level block has started after it, and
+    markdown-it's block tokens tell where each one begins. A pure function of
+    its text, so that it can run in another process (generation.py)."""
+    tokens = _parser().parse(tail) if tail else []
+    starts = [(i, t.map[0]) for i, t in enumerate(tokens) if t.level == 0 and t.nesting != -1 and t.map]
+    if len(starts) < 2:
+        return 0, "", _render_tokens(tokens)
+    split, line = starts[-1]
+    return _offset_of_line(tail, line), _render_tokens(tokens[:split]), _render_tokens(tokens[split:])
+
+
 class StreamingMarkdown:
-    """Incremental renderer for one growing block of markdown text."""
+    """Incremental renderer for one growing block of markdown text.
+
+    `flush()` renders in this process; to render elsewhere, take `unfinished()`,
+    run render_tail() on it, and hand the result to `apply()`."""
 
     def __init__(self) -> None:
         self.text = ""
@@ -135,22 +152,25 @@ class StreamingMarkdown:
 
         `append_html` holds blocks that became final: the client appends them
         once. `tail_html` is the current rendering of the unfinished last block:
-        the client replaces its tail with it. The tail is parsed once: a
-        top-level block is final once another top-level block has started after
-        it, and markdown-it's block tokens tell where each one begins.
+        the client replaces its tail with it.
         """
-        tail = self.text[self.committed :]
-        self.rendered = len(self.text)
-        append = ""
-        tokens = _parser().parse(tail) if tail else []
-        starts = [(i, t.map[0]) for i, t in enumerate(tokens) if t.level == 0 and t.nesting != -1 and t.map]
-        if len(starts) >= 2:
-            split, line = starts[-1]
-            self.committed += _offset_of_line(tail, line)
-            append, tokens = _render_tokens(tokens[:split]), tokens[split:]
+        upto, tail = self.unfinished()
+        return self.apply(render_tail(tail), upto)
+
+    def unfinished(self) -> tuple[int, str]:
+        """(length of the text now, its unfinished part): what to render next."""
+        return len(self.text), self.text[self.committed :]
+
+    def apply(self, rendered: tuple[int, str, str], upto: int) -> tuple[str, str]:
+        """Take render_tail()'s result for the unfinished part of text[:upto]
+        (more text may have arrived since); returns (append_html, tail_html)."""
+        cut, append, tail_html = rendered
+        self.committed += cut
+        self.rendered = upto
+        if append:
             self.committed_html.append(append)
-        self.tail_html = _render_tokens(tokens)
-        return append, self.tail_html
+        self.tail_html = tail_html
+        return append, tail_html
 
     def final_html(self) -> str:
         """The whole text's HTML, once it is complete: the blocks handed out

@@ -155,3 +155,17 @@ def test_snapshot_is_committed_part_and_tail():
     renderer.flush()
     html, tail = renderer.snapshot()
     assert html == render("First block.\n\n") and tail == render("Second bl")
+
+
+async def test_large_tails_are_rendered_by_a_helper_process_with_the_same_result(settings):
+    from conversations import render_pool
+    from conversations.markdown import render_tail
+
+    settings.CHAT_RENDER_PROCESSES = 1
+    big = SAMPLE * 3  # ends in an unfinished paragraph, well over SMALL_TAIL
+    small = "Just *a few* words"
+    assert len(big) >= render_pool.SMALL_TAIL > len(small)
+    results = await render_pool.render_tails([big, small])
+    assert results == [render_tail(big), render_tail(small)]
+    cut, append, tail = results[0]
+    assert 0 < cut < len(big) and append + tail == render(big)
