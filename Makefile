@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/attachment_memory.py
 	$(PY) bench/browsing.py
 	$(PY) bench/browsing.py --postgres
-	$(PY) bench/load.py
+	$(PY) bench/load.py --pg --redis-stock --before-results bench/results-118b0fb.json
 
 clean:
 	rm -rf $(VENV) data/staticfiles .pytest_cache
