@@ -169,6 +169,8 @@ class RemoteRelay:
                 log.warning("could not read relay members of %s", group, exc_info=True)
                 return channels
             channels = {c.decode() if isinstance(c, bytes) else c for c in listed} - {self.channel}
+            if len(self.known) > 10_000:  # groups of long-gone conversations
+                self.known.clear()
             self.known[group] = (now, channels)
         return channels
 

@@ -27,11 +27,12 @@ SMALL_TAIL = 400  # characters: rendered here
 
 _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_unavailable = False  # helpers could not run here: render in this process from now on
 
 
 def _get_pool() -> ProcessPoolExecutor | None:
     global _pool
-    if settings.CHAT_RENDER_PROCESSES <= 0:
+    if settings.CHAT_RENDER_PROCESSES <= 0 or _unavailable:
         return None
     with _pool_lock:
         if _pool is None:
@@ -53,15 +54,22 @@ def _discard_pool(broken: ProcessPoolExecutor) -> None:
 def warm_up() -> None:
     """Start the helper processes now (the first answer of the process), so that
     the first large tail does not wait for them to boot."""
+    global _unavailable
     pool = _get_pool()
     if pool is not None and not getattr(pool, "warmed", False):
         pool.warmed = True
-        for _ in range(settings.CHAT_RENDER_PROCESSES):
-            pool.submit(render_tail, "")
+        try:
+            for _ in range(settings.CHAT_RENDER_PROCESSES):
+                pool.submit(render_tail, "")
+        except Exception:
+            log.exception("markdown helper processes are unavailable; rendering in the server process")
+            _unavailable = True
+            _discard_pool(pool)
 
 
 async def render_tails(tails: list[str]) -> list[tuple[int, str, str]]:
     """render_tail() of each text, the larger ones in the helper processes."""
+    global _unavailable
     pool = _get_pool()
     if pool is None or all(len(tail) < SMALL_TAIL for tail in tails):
         return [render_tail(tail) for tail in tails]
@@ -78,7 +86,11 @@ async def render_tails(tails: list[str]) -> list[tuple[int, str, str]]:
     except BrokenProcessPool:  # a helper died (killed, out of memory): start afresh, render here meanwhile
         log.warning("a markdown helper process died; starting new ones")
         _discard_pool(pool)
-        return [render_tail(tail) for tail in tails]
+    except Exception:  # helpers cannot run here at all
+        log.exception("markdown helper processes are unavailable; rendering in the server process")
+        _unavailable = True
+        _discard_pool(pool)
+    return [render_tail(tail) for tail in tails]
 
 
 async def _done(value):

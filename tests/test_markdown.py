@@ -169,3 +169,19 @@ async def test_large_tails_are_rendered_by_a_helper_process_with_the_same_result
     assert results == [render_tail(big), render_tail(small)]
     cut, append, tail = results[0]
     assert 0 < cut < len(big) and append + tail == render(big)
+
+
+async def test_when_helper_processes_cannot_run_tails_are_rendered_here(settings, monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+
+    from conversations import render_pool
+    from conversations.markdown import render_tail
+
+    settings.CHAT_RENDER_PROCESSES = 1
+    unusable = ProcessPoolExecutor(max_workers=1)
+    unusable.shutdown()  # submitting now raises, as when helpers cannot start
+    monkeypatch.setattr(render_pool, "_pool", unusable)
+    monkeypatch.setattr(render_pool, "_unavailable", False)
+    big = SAMPLE * 3
+    assert await render_pool.render_tails([big]) == [render_tail(big)]
+    assert render_pool._unavailable and render_pool._get_pool() is None
