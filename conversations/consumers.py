@@ -263,16 +263,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """
         workers = await streaming_workers(self.conversation_pk)
         await self.send_json({"event": "state", "streaming": [str(mid) for mid, _ in workers]})
+        request = {
+            "type": "generation.snapshot",
+            "reply_to": self.channel_name,
+            "relay": await relay.channel_name(self.channel_layer),  # later deltas reach this process
+        }
         for message_id, channel in workers:
             if only is None or str(message_id) == only:
-                await self.channel_layer.send(
-                    channel,
-                    {
-                        "type": "generation.snapshot",
-                        "reply_to": self.channel_name,
-                        "relay": await relay.channel_name(self.channel_layer),  # later deltas reach this process
-                    },
-                )
+                await self.channel_layer.send(channel, request)
 
     async def receive_json(self, content: Any, **kwargs) -> None:
         if not isinstance(content, dict):

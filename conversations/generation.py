@@ -24,8 +24,8 @@ from django.utils import timezone
 
 from .markdown import StreamingMarkdown, remember_finished
 from . import render_pool
-from .render_pool import render_tails
-from .models import USAGE_FIELDS, Message
+from .loops import per_loop
+from .models import Message, valid_usage
 from . import browsing, relay
 from .catalog import upstream_config
 from .upstream import (
@@ -40,15 +40,8 @@ from .upstream import (
 
 log = logging.getLogger(__name__)
 
-_running: set[asyncio.Task] = set()
-_detached: set[asyncio.Task] = set()
-
-
-def _keep(task: asyncio.Task) -> asyncio.Task:
-    """Hold a task nothing awaits until it is done (the loop keeps only weak references)."""
-    _detached.add(task)
-    task.add_done_callback(_detached.discard)
-    return task
+_running: set[asyncio.Task] = set()  # answers and titles (wait_for_generations)
+_detached: set[asyncio.Task] = set()  # listeners that may outlive their answer, and what ends them
 
 
 # --- database work: plain values in and out, each wrapped once ------------
@@ -95,10 +88,6 @@ def _finish(message_pk: int, fields: dict[str, Any], usage: dict) -> dict[str, A
 
 def _recover_interrupted(running_here: list[int]) -> list[tuple[str, dict[str, Any]]]:
     return Message.objects.mark_interrupted(settings.CHAT_STALE_AFTER, exclude=running_here)
-
-
-def valid_usage(usage: dict) -> dict[str, int]:
-    return {name: usage[name] for name in USAGE_FIELDS if isinstance(usage.get(name), int) and usage[name] >= 0}
 
 
 claim_worker_channel = database_sync_to_async(_claim_worker_channel)
@@ -175,7 +164,7 @@ class Generation:
             self.dirty = False
             if jobs:
                 started = time.perf_counter()
-                results = await render_tails([tail for _part, _renderer, _upto, tail in jobs])
+                results = await render_pool.render_tails([tail for _part, _renderer, _upto, tail in jobs])
                 for (part, renderer, upto, _tail), result in zip(jobs, results):
                     part["append"], part["tail"] = renderer.apply(result, upto)
                 self.next_render = now + render_interval(time.perf_counter() - started)
@@ -322,7 +311,7 @@ class Generation:
     async def _run(self, channel: str) -> None:
         stream_task = asyncio.create_task(self._stream())
         flusher = asyncio.create_task(self._flusher())
-        _keep(asyncio.create_task(self._listen(channel, stream_task)))  # it may outlive the answer (_stop_listener)
+        _track(asyncio.create_task(self._listen(channel, stream_task)), _detached)  # it may outlive the answer
         fields: dict[str, Any] = {}
         try:
             await stream_task
@@ -354,7 +343,7 @@ class Generation:
                 await asyncio.wait_for(asyncio.shield(flusher), timeout=10)
             except (asyncio.TimeoutError, Exception):
                 flusher.cancel()
-            _keep(asyncio.get_running_loop().create_task(self._stop_listener(channel)))
+            _track(asyncio.get_running_loop().create_task(self._stop_listener(channel)), _detached)
         await self._finish(fields)
 
     async def _stop_listener(self, channel: str) -> None:
@@ -414,10 +403,7 @@ _savers: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
 
 
 def _live_here() -> dict[int, Generation]:
-    loop = asyncio.get_running_loop()
-    for stale in [key for key in _live if key.is_closed()]:
-        del _live[stale]
-    return _live.setdefault(loop, {})
+    return per_loop(_live, dict)
 
 
 async def save_round() -> None:
@@ -462,12 +448,11 @@ def ensure_saver() -> None:
 
 
 def _ensure(tasks: dict[asyncio.AbstractEventLoop, asyncio.Task], coroutine, name: str) -> None:
-    loop = asyncio.get_running_loop()
-    for stale in [key for key in tasks if key.is_closed()]:
-        del tasks[stale]
-    task = tasks.get(loop)
-    if task is None or task.done():
-        tasks[loop] = loop.create_task(coroutine(), name=name)
+    def start() -> asyncio.Task:
+        return asyncio.get_running_loop().create_task(coroutine(), name=name)
+
+    if per_loop(tasks, start).done():  # it ended on an error it did not catch: start it again
+        tasks[asyncio.get_running_loop()] = start()
 
 
 def _copy_content(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -484,9 +469,10 @@ def start_generation(
     return _track(asyncio.get_running_loop().create_task(generation.run(), name=f"generation-{message_id}"))
 
 
-def _track(task: asyncio.Task) -> asyncio.Task:
-    _running.add(task)
-    task.add_done_callback(_running.discard)
+def _track(task: asyncio.Task, tasks: set[asyncio.Task] = _running) -> asyncio.Task:
+    """Hold a task in `tasks` until it is done (the loop keeps only weak references)."""
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
     return task
 
 

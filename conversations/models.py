@@ -33,6 +33,11 @@ USAGE_FIELDS = (
 )
 
 
+def valid_usage(usage: dict[str, Any]) -> dict[str, int]:
+    """The token counts of an API `usage` object that can be stored (whole, not negative)."""
+    return {name: usage[name] for name in USAGE_FIELDS if isinstance(usage.get(name), int) and usage[name] >= 0}
+
+
 MAX_IMAGES_PER_REQUEST = 100
 MANY_IMAGES = 20  # above this many images in a request, each must be small
 MANY_IMAGES_MAX_SIDE = 2000
@@ -637,10 +642,8 @@ class Message(models.Model):
         return catalog.cost(self.model, self.usage) if self.role == Message.Role.ASSISTANT else None
 
     def set_usage(self, usage: dict[str, Any]) -> None:
-        for name in USAGE_FIELDS:
-            value = usage.get(name)
-            if isinstance(value, int) and value >= 0:
-                setattr(self, name, value)
+        for name, value in valid_usage(usage).items():
+            setattr(self, name, value)
 
     def to_api_content(self) -> list[dict[str, Any]]:
         """Content blocks as they may be sent back upstream.

@@ -32,6 +32,8 @@ from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 
+from .loops import per_loop
+
 log = logging.getLogger(__name__)
 
 _members: dict[str, set] = defaultdict(set)
@@ -84,13 +86,7 @@ async def deliver(group: str, payload: dict[str, Any]) -> None:
 
 
 def remote(layer) -> "RemoteRelay":
-    loop = asyncio.get_running_loop()
-    for stale in [key for key in _remotes if key.is_closed()]:
-        del _remotes[stale]
-    relay = _remotes.get(loop)
-    if relay is None:
-        relay = _remotes[loop] = RemoteRelay(layer)
-    return relay
+    return per_loop(_remotes, lambda: RemoteRelay(layer))
 
 
 async def channel_name(layer) -> str | None:

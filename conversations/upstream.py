@@ -23,6 +23,8 @@ import orjson
 from httpx_aiohttp import HttpxAiohttpClient
 from httpx_sse import EventSource, SSEError, aconnect_sse
 
+from .loops import per_loop
+
 API_VERSION = "2023-06-01"
 
 # A long pause while the model thinks is not a failure: the read timeout is the
@@ -457,16 +459,13 @@ async def create_message(client: httpx.AsyncClient, config: UpstreamConfig, body
     return message
 
 
-_clients: dict[tuple[asyncio.AbstractEventLoop, bool], httpx.AsyncClient] = {}
+_clients: dict[asyncio.AbstractEventLoop, dict[bool, httpx.AsyncClient]] = {}
 
 
 def get_client(config: UpstreamConfig) -> httpx.AsyncClient:
     """One pooled client per event loop (connections are reused across requests)."""
-    loop = asyncio.get_running_loop()
-    for stale in [key for key in _clients if key[0].is_closed()]:
-        del _clients[stale]
-    key = (loop, config.is_demo)
-    client = _clients.get(key)
+    clients = per_loop(_clients, dict)  # demo or not -> client
+    client = clients.get(config.is_demo)
     if client is None:
         if config.is_demo:
             from .demo import DemoTransport
@@ -477,5 +476,5 @@ def get_client(config: UpstreamConfig) -> httpx.AsyncClient:
             # offers for high concurrency): aiohttp parses HTTP in C, which halves
             # the CPU each streamed event costs (bench/load.py).
             client = HttpxAiohttpClient(limits=httpx.Limits(max_connections=100_000, max_keepalive_connections=100))
-        _clients[key] = client
+        clients[config.is_demo] = client
     return client

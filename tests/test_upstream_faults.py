@@ -44,6 +44,18 @@ async def ask(user, conversation, text="Hi"):
     return socket, events, end
 
 
+async def start_held_answer(user, fake_upstream, pieces: list[str]):
+    """Send a message whose answer streams its first piece, then waits for the gate."""
+    gate = Gate()
+    fake_upstream.enqueue(text_reply(pieces, gate_after=1, gate=gate))
+    conversation = await new_conversation(user)
+    socket = await open_socket(user, f"/ws/chat/{conversation.public_id}/")
+    assert (await socket.connect())[0]
+    await socket.send_json_to({"action": "send", "text": "Hi", "client_id": "c1"})
+    await asyncio.to_thread(gate.reached.wait, 5)
+    return conversation, socket, gate
+
+
 async def test_429_with_retry_after_is_retried_then_succeeds(alice, fake_upstream):
     fake_upstream.enqueue(error_reply(429, "rate_limit_error", "Slow down", retry_after="1"), text_reply("Done"))
     conversation = await new_conversation(alice)
@@ -179,13 +191,7 @@ async def test_answer_whose_process_died_is_marked_interrupted_with_its_text(ali
 async def test_live_answer_is_not_marked_interrupted(alice, fake_upstream, settings):
     settings.CHAT_HEARTBEAT_INTERVAL = 0.2
     settings.CHAT_STALE_AFTER = 1
-    gate = Gate()
-    fake_upstream.enqueue(text_reply(["thinking ", "long"], gate_after=1, gate=gate))
-    conversation = await new_conversation(alice)
-    socket = await open_socket(alice, f"/ws/chat/{conversation.public_id}/")
-    assert (await socket.connect())[0]
-    await socket.send_json_to({"action": "send", "text": "Hi", "client_id": "c1"})
-    await asyncio.to_thread(gate.reached.wait, 5)
+    conversation, socket, gate = await start_held_answer(alice, fake_upstream, ["thinking ", "long"])
     await asyncio.sleep(1.5)  # longer than CHAT_STALE_AFTER, but the heartbeat keeps it fresh
     assert await sweep_once() == 0
     # The heartbeat is what other processes' sweepers see.
@@ -201,13 +207,7 @@ async def test_live_answer_is_not_marked_interrupted(alice, fake_upstream, setti
 async def test_answer_running_in_this_process_is_not_interrupted_when_its_heartbeat_is_late(alice, fake_upstream, settings):
     """A process too busy to write heartbeats in time must not declare its own
     live answers dead (its sweeper runs in the same overloaded process)."""
-    gate = Gate()
-    fake_upstream.enqueue(text_reply(["still ", "alive"], gate_after=1, gate=gate))
-    conversation = await new_conversation(alice)
-    socket = await open_socket(alice, f"/ws/chat/{conversation.public_id}/")
-    assert (await socket.connect())[0]
-    await socket.send_json_to({"action": "send", "text": "Hi", "client_id": "c1"})
-    await asyncio.to_thread(gate.reached.wait, 5)
+    conversation, socket, gate = await start_held_answer(alice, fake_upstream, ["still ", "alive"])
     answer = await answer_of(conversation)
     stale = timezone.now() - timedelta(seconds=settings.CHAT_STALE_AFTER + 5)
     await database_sync_to_async(Message.objects.filter(pk=answer.pk).update)(updated_at=stale)
