@@ -14,6 +14,15 @@ def conversations_nav(page):
     return page.get_by_role("navigation", name="Conversations")
 
 
+def rename(page, title: str) -> None:
+    """Rename the open conversation through its actions menu, as a person would."""
+    page.get_by_role("button", name="Conversation actions").click()
+    page.get_by_role("menuitem", name="Rename").click()
+    box = page.get_by_role("textbox", name="Conversation title")
+    box.fill(title)
+    box.press("Enter")
+
+
 def test_search_open_rename_and_delete(page, app_server, upstream):
     signup(page, app_server.url, unique_username("nia"))
     upstream.enqueue(text_reply("Noted."), text_reply("Sure, here is a plan."))
@@ -35,11 +44,7 @@ def test_search_open_rename_and_delete(page, app_server, upstream):
     expect(articles(page, "user").first).to_contain_text("Remember the word aubergine")
     expect(page.locator("article.found")).to_have_count(1)
 
-    page.get_by_role("button", name="Conversation actions").click()
-    page.get_by_role("menuitem", name="Rename").click()
-    title = page.get_by_role("textbox", name="Conversation title")
-    title.fill("Vegetables")
-    title.press("Enter")
+    rename(page, "Vegetables")
     expect(page.locator("#chat-title")).to_have_text("Vegetables")
     expect(conversations_nav(page).get_by_role("link", name="Vegetables")).to_be_visible()
     page.reload()
@@ -64,11 +69,7 @@ def test_a_rename_in_one_tab_appears_in_another(new_page, app_server, upstream):
     second = first.context.new_page()
     second.goto(app_server.url + "/")
     expect(second.locator('#connection[data-state="open"]')).to_have_count(1)
-    first.get_by_role("button", name="Conversation actions").click()
-    first.get_by_role("menuitem", name="Rename").click()
-    box = first.get_by_role("textbox", name="Conversation title")
-    box.fill("Greetings")
-    box.press("Enter")
+    rename(first, "Greetings")
     expect(conversations_nav(second).get_by_role("link", name="Greetings")).to_be_visible()
     expect(message_box(second)).to_be_visible()
 
