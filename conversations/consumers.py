@@ -77,7 +77,12 @@ def _find_attachments(user, ids: Any) -> list[Attachment]:
 
 
 def _begin_turn(
-    user, conversation_pk: int | None, text: str, chosen: parameters.Settings | None, attachment_ids: Any = None
+    user,
+    conversation_pk: int | None,
+    text: str,
+    chosen: parameters.Settings | None,
+    attachment_ids: Any = None,
+    worker_channel: str = "",
 ) -> dict[str, Any]:
     """Save the person's message and an empty streaming answer, atomically.
 
@@ -87,25 +92,27 @@ def _begin_turn(
     when the owner is at a per-user limit, or when the request would be too
     large for the API; then nothing is saved.
     """
+    new = conversation_pk is None
     with transaction.atomic():
-        if conversation_pk is None:
+        if new:
             conversation = Conversation.start(user)
         else:
             conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
         try:
-            conversation.check_limits()
+            conversation.check_limits(new=new)
         except LimitReached as exc:
             raise ChatError(str(exc)) from None
         files = _find_attachments(conversation.owner, attachment_ids)
         if chosen is not None:
             conversation.apply_settings(chosen)
         user_message = conversation.add_user_message(text, files)
-        body = conversation.request_body()
+        # A new conversation's whole history is this message: nothing to load.
+        body = conversation.request_body(history=[user_message] if new else None)
         try:
-            conversation.check_request_size(body)
+            conversation.check_request_size(body, uses=user_message.sent_attachments if new else None)
         except RequestTooLarge as exc:
             raise ChatError(str(exc)) from None  # leaving the block rolls everything back
-        assistant = conversation.start_assistant_message()
+        assistant = conversation.start_assistant_message(worker_channel=worker_channel)
     user_event = user_message.to_client()
     user_event["article"] = article_html(user_event)
     return {
@@ -120,7 +127,7 @@ def _begin_turn(
     }
 
 
-def _begin_retry(conversation_pk: int, message_id: str) -> dict[str, Any]:
+def _begin_retry(conversation_pk: int, message_id: str, worker_channel: str = "") -> dict[str, Any]:
     """Write the conversation's last answer again, after a failure or a stop."""
     with transaction.atomic():
         conversation = Conversation.objects.select_for_update().get(pk=conversation_pk)
@@ -133,7 +140,7 @@ def _begin_retry(conversation_pk: int, message_id: str) -> dict[str, Any]:
             conversation.check_limits()
         except LimitReached as exc:
             raise ChatError(str(exc)) from None
-        last.reset_for_retry()
+        last.reset_for_retry(worker_channel)
         body = conversation.request_body()
     return {"assistant_pk": last.pk, "assistant_id": str(last.public_id), "body": body}
 
@@ -152,7 +159,9 @@ def _branch_message(conversation: Conversation, message_id: str, role: str) -> M
     return message
 
 
-def _begin_branch(conversation_pk: int, action: str, message_id: str, text: str = "") -> dict[str, Any]:
+def _begin_branch(
+    conversation_pk: int, action: str, message_id: str, text: str = "", worker_channel: str = ""
+) -> dict[str, Any]:
     """Regenerate an answer, or edit an earlier question and resend it: either
     way a new sibling (a branch) is written; the old one stays, one "‹ ›" away."""
     with transaction.atomic():
@@ -163,14 +172,14 @@ def _begin_branch(conversation_pk: int, action: str, message_id: str, text: str 
             raise ChatError(str(exc)) from None
         if action == "regenerate":
             old = _branch_message(conversation, message_id, Message.Role.ASSISTANT)
-            assistant = conversation.start_assistant_message(after=old.parent_id)
+            assistant = conversation.start_assistant_message(after=old.parent_id, worker_channel=worker_channel)
         else:
             old = _branch_message(conversation, message_id, Message.Role.USER)
             files = [use.attachment for use in old.included_attachments()]
             if not text.strip() and not files:
                 raise ChatError("Type a message before sending.")
             conversation.add_user_message(text, files, after=old.parent_id)
-            assistant = conversation.start_assistant_message()
+            assistant = conversation.start_assistant_message(worker_channel=worker_channel)
         body = conversation.request_body()
         try:
             conversation.check_request_size(body)
@@ -308,7 +317,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
         client_id = str(content.get("client_id") or uuid.uuid4())
         chosen = await settings_from(content["settings"]) if content.get("settings") is not None else None
-        turn = await begin_turn(self.scope["user"], self.conversation_pk, text, chosen, attachment_ids)
+        channel = await self.channel_layer.new_channel()
+        turn = await begin_turn(self.scope["user"], self.conversation_pk, text, chosen, attachment_ids, channel)
         if self.conversation_pk is None:
             self.conversation_pk, self.conversation_id = turn["conversation_pk"], turn["conversation_id"]
             await self.join(self.group)
@@ -326,26 +336,32 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "conversation": {"id": self.conversation_id, "title": turn["title"]},
             },
         )
-        await self.start_answer(turn)
+        await self.start_answer(turn, channel)
 
     async def branch(self, action: str, content: dict[str, Any]) -> None:
         text = content.get("text") or ""
         if not isinstance(text, str) or len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
             raise ChatError(f"A message can be at most {settings.CHAT_MAX_MESSAGE_CHARS:,} characters long.")
-        turn = await begin_branch(self.conversation_pk, action, str(content.get("message") or ""), text)
+        channel = await self.channel_layer.new_channel()
+        turn = await begin_branch(self.conversation_pk, action, str(content.get("message") or ""), text, channel)
         await self.replace_transcript(turn["html"], client_id=content.get("client_id"))
-        await self.start_answer(turn)
+        await self.start_answer(turn, channel)
 
     async def replace_transcript(self, html: str, client_id: Any = None) -> None:
         """Every page on this conversation now shows another branch."""
         await self.publish(self.group, {"event": "transcript.replace", "html": html, "client_id": client_id})
 
     async def retry(self, message_id: str) -> None:
-        await self.start_answer(await begin_retry(self.conversation_pk, message_id))
+        channel = await self.channel_layer.new_channel()
+        await self.start_answer(await begin_retry(self.conversation_pk, message_id, channel), channel)
 
-    async def start_answer(self, turn: dict[str, Any]) -> None:
+    async def start_answer(self, turn: dict[str, Any], channel: str) -> None:
+        """Start the generation: it listens for Stop on `channel`, which the
+        answer's row already names (written with it, so that the upstream
+        request waits for no further database call)."""
         await self.publish(self.group, {"event": "message.start", "message": turn["assistant_id"], "seq": 0})
         start_generation(
+            channel=channel,
             message_pk=turn["assistant_pk"],
             message_id=turn["assistant_id"],
             group=self.group,

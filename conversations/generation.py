@@ -47,10 +47,6 @@ _detached: set[asyncio.Task] = set()  # listeners that may outlive their answer,
 # --- database work: plain values in and out, each wrapped once ------------
 
 
-def _claim_worker_channel(message_pk: int, channel: str) -> None:
-    Message.objects.filter(pk=message_pk).update(worker_channel=channel)
-
-
 def _save_batch(partials: list[tuple[int, list, dict, str]], heartbeats: list[int]) -> None:
     """One round of the process's saver: every answer that changed gets its
     partial content, the others a heartbeat, in one transaction. Only answers
@@ -90,7 +86,6 @@ def _recover_interrupted(running_here: list[int]) -> list[tuple[str, dict[str, A
     return Message.objects.mark_interrupted(settings.CHAT_STALE_AFTER, exclude=running_here)
 
 
-claim_worker_channel = database_sync_to_async(_claim_worker_channel)
 save_batch = database_sync_to_async(_save_batch)
 finish = database_sync_to_async(_finish)
 recover_interrupted = database_sync_to_async(_recover_interrupted)
@@ -293,17 +288,17 @@ class Generation:
                 await self.flush()  # text already in the snapshot must not come again in a later delta
                 await self.layer.send(request["reply_to"], {"type": "chat.event", "payload": self.snapshot()})
 
-    async def run(self) -> None:
-        # The default prefix matters: channels_redis serves every process-specific
-        # channel of one prefix from one Redis list, and a second prefix would
-        # starve the sockets' own channels.
-        channel = await self.layer.new_channel()
+    async def run(self, channel: str) -> None:
+        """Stream the answer. `channel` (from the layer's new_channel(), whose
+        default prefix matters: channels_redis serves every process-specific
+        channel of one prefix from one Redis list, and a second prefix would
+        starve the sockets' own channels) is already the answer's
+        worker_channel in the database: Stop from any process reaches it."""
         live = _live_here()
         live[self.message_pk] = self
         ensure_saver()
         render_pool.warm_up()
         try:
-            await claim_worker_channel(self.message_pk, channel)
             await self._run(channel)
         finally:
             live.pop(self.message_pk, None)
@@ -460,13 +455,13 @@ def _copy_content(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def start_generation(
-    *, message_pk: int, message_id: str, group: str, body: dict[str, Any], conversation_pk: int
+    *, channel: str, message_pk: int, message_id: str, group: str, body: dict[str, Any], conversation_pk: int
 ) -> asyncio.Task:
     """Start the task; it belongs to the event loop, not to the calling socket."""
     generation = Generation(
         message_pk=message_pk, message_id=message_id, group=group, body=body, conversation_pk=conversation_pk
     )
-    return _track(asyncio.get_running_loop().create_task(generation.run(), name=f"generation-{message_id}"))
+    return _track(asyncio.get_running_loop().create_task(generation.run(channel), name=f"generation-{message_id}"))
 
 
 def _track(task: asyncio.Task, tasks: set[asyncio.Task] = _running) -> asyncio.Task:

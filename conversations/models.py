@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 
 from django.conf import settings
 from django.db import models, transaction
+from django.db.models import Q
 from django.db.models.signals import post_delete, pre_delete
 from django.dispatch import receiver
 from django.template.loader import render_to_string
@@ -171,17 +172,18 @@ class Conversation(models.Model):
         It follows the visible branch's last message, or `after` (a message
         pk, or None for the very start) when it edits an earlier question.
         """
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             message = self.messages.create(
                 role=Message.Role.USER,
                 content=[{"type": "text", "text": text}] if text.strip() else [],
                 status=Message.Status.COMPLETE,
                 parent_id=self.current_leaf_id if after == "leaf" else after,
             )
-            MessageAttachment.objects.bulk_create(
+            uses = MessageAttachment.objects.bulk_create(
                 MessageAttachment(message=message, attachment=attachment, position=position)
                 for position, attachment in enumerate(attachments)
             )
+            message.all_attachments = message.sent_attachments = uses  # what the prefetches would load
             fields = {"updated_at": message.created_at, "current_leaf": message}
             self.current_leaf = message
             if not self.title:
@@ -191,33 +193,42 @@ class Conversation(models.Model):
             self.updated_at = message.created_at
         return message
 
-    def check_limits(self) -> None:
-        """Refuse a new answer when the owner is at a per-user limit."""
+    def check_limits(self, *, new: bool = False) -> None:
+        """Refuse a new answer when the owner is at a per-user limit (one query
+        when none is reached). A `new` conversation has no answer running yet."""
         mine = Message.objects.filter(conversation__owner_id=self.owner_id)
-        if self.messages.filter(status=Message.Status.STREAMING).exists():
+        if not new and self.messages.filter(status=Message.Status.STREAMING).exists():
             raise LimitReached("Wait for the current answer to finish, or stop it, before sending another message.")
-        running = mine.filter(status=Message.Status.STREAMING).count()
+        window = timezone.now() - timedelta(seconds=60)
+        counts = mine.filter(
+            Q(status=Message.Status.STREAMING) | Q(role=Message.Role.USER, created_at__gte=window)
+        ).aggregate(
+            running=models.Count("pk", filter=Q(status=Message.Status.STREAMING)),
+            recent=models.Count("pk", filter=Q(role=Message.Role.USER, created_at__gte=window)),
+        )
+        running = counts["running"]
         if running >= settings.CHAT_MAX_CONCURRENT_GENERATIONS:
             raise LimitReached(
                 f"You already have {running} answer{'s' if running != 1 else ''} being written at once, the most allowed. "
                 "Wait for one to finish (or stop it), then send again."
             )
-        window = timezone.now() - timedelta(seconds=60)
-        recent = list(
-            mine.filter(role=Message.Role.USER, created_at__gte=window)
-            .order_by("created_at")
-            .values_list("created_at", flat=True)[: settings.CHAT_MESSAGES_PER_MINUTE]
-        )
-        if len(recent) >= settings.CHAT_MESSAGES_PER_MINUTE:
-            wait = max(1, int((recent[0] + timedelta(seconds=60) - timezone.now()).total_seconds()) + 1)
+        if counts["recent"] >= settings.CHAT_MESSAGES_PER_MINUTE:
+            oldest = (
+                mine.filter(role=Message.Role.USER, created_at__gte=window)
+                .order_by("created_at")
+                .values_list("created_at", flat=True)
+                .first()
+            )
+            wait = max(1, int((oldest + timedelta(seconds=60) - timezone.now()).total_seconds()) + 1)
             raise LimitReached(
                 f"You have sent {settings.CHAT_MESSAGES_PER_MINUTE} messages in the last minute, the most allowed. "
                 f"Try again in {wait} seconds."
             )
 
-    def start_assistant_message(self, *, after: int | None = None) -> "Message":
+    def start_assistant_message(self, *, after: int | None = None, worker_channel: str = "") -> "Message":
         """An empty streaming answer to the visible branch's last message (or to
-        `after`, when regenerating an earlier answer); it becomes the branch's end."""
+        `after`, when regenerating an earlier answer); it becomes the branch's end.
+        `worker_channel` is where its generation will listen for Stop."""
         answer = self.messages.create(
             role=Message.Role.ASSISTANT,
             content=[],
@@ -225,6 +236,7 @@ class Conversation(models.Model):
             model=self.model,
             request_params=self.request_params(),
             parent_id=after if after is not None else self.current_leaf_id,
+            worker_channel=worker_channel,
         )
         self.current_leaf = answer
         Conversation.objects.filter(pk=self.pk).update(current_leaf=answer)
@@ -308,23 +320,28 @@ class Conversation(models.Model):
     def on_visible_branch(self, message: "Message") -> bool:
         return message.pk in self.path()
 
-    def api_messages(self, before: "Message | None" = None) -> list[dict[str, Any]]:
+    def api_messages(
+        self, before: "Message | None" = None, history: list["Message"] | None = None
+    ) -> list[dict[str, Any]]:
         """The history resent upstream each turn, in the API's shape.
 
         The visible branch only. With `before`, the branch that led to that
-        message: the history that was sent when it was written.
+        message: the history that was sent when it was written. A caller that
+        holds the branch already (a new conversation's first message, with its
+        attachments) passes it as `history`.
         """
         turns: list[dict[str, Any]] = []
-        ids = self.path(before.parent_id if before is not None else "current")
-        found = self.messages.filter(pk__in=ids).prefetch_related(
-            models.Prefetch(
-                "message_attachments",
-                queryset=MessageAttachment.objects.filter(excluded=False).select_related("attachment"),
-                to_attr="sent_attachments",
+        if history is None:
+            ids = self.path(before.parent_id if before is not None else "current")
+            found = self.messages.filter(pk__in=ids).prefetch_related(
+                models.Prefetch(
+                    "message_attachments",
+                    queryset=MessageAttachment.objects.filter(excluded=False).select_related("attachment"),
+                    to_attr="sent_attachments",
+                )
             )
-        )
-        by_pk = {m.pk: m for m in found}
-        history = [by_pk[pk] for pk in ids]
+            by_pk = {m.pk: m for m in found}
+            history = [by_pk[pk] for pk in ids]
         with_files: list[int] = []  # turns holding attachments
         for message in history:
             content = message.to_api_content()
@@ -379,15 +396,17 @@ class Conversation(models.Model):
             )
         return MessageAttachment.objects.filter(message=turn, excluded=False).update(excluded=True) if turn else 0
 
-    def check_request_size(self, body: dict[str, Any]) -> None:
+    def check_request_size(self, body: dict[str, Any], uses: list["MessageAttachment"] | None = None) -> None:
         """Refuse, before sending, a request the API would refuse for its size or images.
 
-        The whole history is resent each turn, so earlier attachments count too.
+        The whole history is resent each turn, so earlier attachments count too
+        (`uses`: the conversation's attachments, when the caller holds them all).
         """
         length, _ = encode_body(body)
-        uses = list(
-            MessageAttachment.objects.filter(message__conversation=self, excluded=False).select_related("attachment")
-        )
+        if uses is None:
+            uses = list(
+                MessageAttachment.objects.filter(message__conversation=self, excluded=False).select_related("attachment")
+            )
         images = [u.attachment for u in uses if u.attachment.is_image]
         if length > settings.CHAT_MAX_REQUEST_BYTES:
             largest = sorted({u.attachment for u in uses}, key=lambda a: a.sent_size_bytes, reverse=True)[:3]
@@ -414,8 +433,8 @@ class Conversation(models.Model):
         """The request's fields other than `messages`, from the saved settings."""
         return self.chat_settings.to_request()
 
-    def request_body(self) -> dict[str, Any]:
-        return {**self.request_params(), "messages": self.api_messages()}
+    def request_body(self, history: list["Message"] | None = None) -> dict[str, Any]:
+        return {**self.request_params(), "messages": self.api_messages(history=history)}
 
     def request_body_for(self, answer: "Message") -> dict[str, Any]:
         """The request that produced `answer`, as it was streamed."""
@@ -681,12 +700,14 @@ class Message(models.Model):
     def included_attachments(self) -> list["MessageAttachment"]:
         return list(self.message_attachments.filter(excluded=False).select_related("attachment"))
 
-    def reset_for_retry(self) -> None:
-        """Empty this answer so that a new generation writes it again."""
+    def reset_for_retry(self, worker_channel: str = "") -> None:
+        """Empty this answer so that a new generation (listening on
+        `worker_channel`) writes it again."""
         self.content = []
         self.status = Message.Status.STREAMING
         self.stop_reason = self.stop_sequence = self.error = self.error_type = ""
-        self.upstream_id = self.request_id = self.worker_channel = ""
+        self.upstream_id = self.request_id = ""
+        self.worker_channel = worker_channel
         self.set_usage({name: 0 for name in USAGE_FIELDS})
         self.completed_at = None
         self.model = self.conversation.model

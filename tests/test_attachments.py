@@ -259,3 +259,51 @@ async def test_someone_elses_attachment_cannot_be_sent(alice, bob):
     error = await receive_until(socket, "error")
     await socket.disconnect()
     assert "could not be found" in error["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("settle")
+async def test_first_message_of_a_new_chat_sends_its_files_and_shows_them(alice, fake_upstream):
+    """A new chat's first turn is built from the message just saved, without
+    reading it back: the files must still go up, in order, and show on the page."""
+    from django.test import Client
+
+    client = Client()
+    await database_sync_to_async(client.force_login)(alice)
+    png, pdf = image_bytes("PNG"), pdf_bytes(2)
+    ids = [await database_sync_to_async(stored)(client, n, d) for n, d in (("a.png", png), ("b.pdf", pdf))]
+    socket = await open_socket(alice, "/ws/chat/new/")
+    assert (await socket.connect())[0]
+    fake_upstream.enqueue(text_reply("One"))
+    await socket.send_json_to({"action": "send", "text": "Look", "client_id": "c1", "attachments": ids})
+    user = await receive_until(socket, "message.user")
+    await receive_until(socket, "message.end")
+    await socket.disconnect()
+
+    [turn] = fake_upstream.requests[0].body["messages"]
+    assert turn["role"] == "user" and [b["type"] for b in turn["content"]] == ["image", "document", "text"]
+    assert base64.b64decode(turn["content"][0]["source"]["data"]) == png
+    assert base64.b64decode(turn["content"][1]["source"]["data"]) == pdf
+    assert turn["content"][2]["text"] == "Look" and "cache_control" in turn["content"][2]
+    article = user["message"]["article"]
+    assert 'src="/attachments/' in article and "b.pdf" in article and "2 pages" in article
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("settle")
+async def test_too_large_first_message_of_a_new_chat_leaves_no_chat(alice, fake_upstream, settings):
+    settings.CHAT_MAX_REQUEST_BYTES = 3_000
+    from django.test import Client
+
+    client = Client()
+    await database_sync_to_async(client.force_login)(alice)
+    big = await database_sync_to_async(stored)(client, "big.pdf", pdf_bytes(100))
+    small = await database_sync_to_async(stored)(client, "small.png", image_bytes())
+    socket = await open_socket(alice, "/ws/chat/new/")
+    assert (await socket.connect())[0]
+    await socket.send_json_to({"action": "send", "text": "Read these", "client_id": "c1", "attachments": [small, big]})
+    error = await receive_until(socket, "error")
+    await socket.disconnect()
+    assert error["client_id"] == "c1"
+    assert error["message"].index("big.pdf") < error["message"].index("small.png")
+    assert fake_upstream.requests == [] and not await database_sync_to_async(Conversation.objects.exists)()

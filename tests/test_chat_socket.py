@@ -331,3 +331,18 @@ async def test_partial_answer_is_saved_while_it_streams(alice, fake_upstream, se
     gate.open()
     await receive_until(socket, "message.end")
     await socket.disconnect()
+
+
+def test_a_new_chats_first_turn_is_a_few_statements_and_names_its_worker(alice, django_assert_max_num_queries):
+    """Many people sending at once queue on one database thread: the first
+    message of a new chat must stay cheap (it was 18 statements), and its
+    answer names the channel its generation listens on from the start, so
+    that Stop from any process reaches it before the upstream has answered."""
+    from conversations.consumers import _begin_turn
+
+    with django_assert_max_num_queries(9):
+        turn = _begin_turn(alice, None, "Hello", None, [], "specific.abc!def")
+    answer = Message.objects.get(pk=turn["assistant_pk"])
+    assert answer.status == Message.Status.STREAMING and answer.worker_channel == "specific.abc!def"
+    assert turn["body"]["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
+    assert turn["user"]["attachments"] == [] and turn["user"]["article"]
