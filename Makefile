@@ -21,7 +21,7 @@ run: migrate
 	@set -a; if [ -f .env ]; then . ./.env; fi; set +a; \
 	host="$${HOST:-127.0.0.1}"; port="$${PORT:-8000}"; \
 	echo "Serving on http://$$host:$$port/"; \
-	exec $(VENV)/bin/daphne -b "$$host" -p "$$port" chatsite.asgi:application
+	exec $(PY) -m chatsite.serve -b "$$host" -p "$$port" chatsite.asgi:application
 
 test: $(STAMP)
 	$(PY) manage.py migrate --noinput >/dev/null

@@ -24,7 +24,7 @@ What runs (all on loopback, every process stopped at the end, every level bounde
   that only observes: it adds two timestamps to each `message.delta` (when the
   generation task received each upstream delta, and when its flush began) and
   runs a probe measuring event-loop lag and the wait for the thread-sensitive
-  sync thread; --plain-daphne runs `python -m daphne` untouched (then only the
+  sync thread; --plain-daphne runs `python -m chatsite.serve` untouched (then only the
   end-to-end numbers are reported), and --plain-check N repeats one level so.
 * the load client (this file with --client, its own process): signs up
   ceil(N/10) users over HTTP (so each user has about 10 conversations streaming),
@@ -688,6 +688,12 @@ def run_daphne_instrumented(argv: list[str]) -> None:
     else about the app changes.
     """
     sys.path.insert(0, os.getcwd())  # the app directory (the orchestrator starts us there)
+    try:  # the app's entry point (`make run`): daphne on uvloop
+        from chatsite.serve import use_uvloop
+    except ImportError:  # an older app: plain daphne
+        pass
+    else:
+        use_uvloop()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
     import django
 
@@ -1075,7 +1081,8 @@ class Bench:
             port = free_port()
             daphne_args = ["-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"]
             if self.args.plain_daphne or plain:
-                command = [sys.executable, "-m", "daphne", *daphne_args]
+                entry = "chatsite.serve" if (self.app_dir / "chatsite" / "serve.py").exists() else "daphne"
+                command = [sys.executable, "-m", entry, *daphne_args]
             else:
                 command = [sys.executable, str(Path(__file__).resolve()), "--daphne", *daphne_args]
             log_path = data_dir / "daphne.log"
@@ -1237,7 +1244,7 @@ class Bench:
                 self.reset_redis()
             if self.args.plain_check:
                 n = self.args.plain_check
-                print(f"[N={n}] app on plain `python -m daphne` (checks that the timestamps change nothing)...", file=sys.stderr)
+                print(f"[N={n}] app on plain `python -m chatsite.serve` (checks that the timestamps change nothing)...", file=sys.stderr)
                 self.results["plain_check"] = {n: self.run_app_level(n, "sqlite", plain=True)}
                 print(f"  {_brief(self.results['plain_check'][n])}", file=sys.stderr)
             if self.args.profile:
@@ -1617,7 +1624,7 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
         if "fatal" in plain or "fatal" in wrapped or not wrapped:
             continue
         lines += [
-            f"Check without the timestamp wrapper: the same N = {n} load on plain `python -m daphne` gave app latency "
+            f"Check without the timestamp wrapper: the same N = {n} load on plain `python -m chatsite.serve` gave app latency "
             f"p50 / p99 {_fmt(plain['latency']['p50'])} / {_fmt(plain['latency']['p99'])} ms, "
             f"{plain['failed_answers']} failed answers, {_fmt(plain.get('deltas_per_s'), 0)} deltas/s, most streams "
             f"at once {plain.get('upstream_peak_streams')} (wrapped: {_fmt(wrapped['latency']['p50'])} / "
@@ -2091,8 +2098,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a results.json of an earlier run (before changes), summarised in a table of its own")
     parser.add_argument("--from-results", default="", help="only rewrite the report from a results.json of an earlier run")
     parser.add_argument("--plain-check", type=int, default=100,
-                        help="run this N once more on plain `python -m daphne`, to compare (0: skip)")
-    parser.add_argument("--plain-daphne", action="store_true", help="run `python -m daphne` without the timestamps")
+                        help="run this N once more on plain `python -m chatsite.serve`, to compare (0: skip)")
+    parser.add_argument("--plain-daphne", action="store_true", help="run `python -m chatsite.serve` without the timestamps")
     # internal modes
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--max-lifetime", type=float, default=3600.0, help=argparse.SUPPRESS)

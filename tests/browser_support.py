@@ -151,7 +151,7 @@ def _start_server(tmp_path_factory, name: str, env_changes: dict[str, str | None
     log = data_dir / "daphne.log"
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+            [sys.executable, "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
             cwd=PROJECT_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )
     server = LiveServer(name=name, url=f"http://127.0.0.1:{port}", process=process, log=log)

@@ -6,7 +6,7 @@ resumes where the text left off (snapshot + later deltas, no gap, no repeat);
 and killing A mid-stream leaves the message `interrupted` with its partial
 text, announced to B's socket by B's own periodic check, not stuck `streaming`.
 
-The servers run for real (`manage.py migrate`, then `python -m daphne` twice,
+The servers run for real (`manage.py migrate`, then `python -m chatsite.serve` twice,
 as tests/browser_support.py starts them) against a database created for this
 run (dropped afterwards) and a dedicated Redis db (/9, flushed first), talking
 to the in-process FakeUpstream over loopback. The test process speaks HTTP
@@ -175,7 +175,7 @@ class Daphne:
             self.previous_logs.append(old)
         with open(self.log, "wb") as log_file:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
+                [sys.executable, "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
                 cwd=PROJECT_ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + SERVER_START_TIMEOUT
