@@ -297,7 +297,7 @@ class Generation:
         live = _live_here()
         live[self.message_pk] = self
         ensure_saver()
-        render_pool.warm_up()
+        _track(asyncio.get_running_loop().create_task(render_pool.start()), _detached)
         try:
             await self._run(channel)
         finally:

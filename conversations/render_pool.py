@@ -25,22 +25,42 @@ log = logging.getLogger(__name__)
 
 SMALL_TAIL = 400  # characters: rendered here
 
-_pool: ProcessPoolExecutor | None = None
+_pool: ProcessPoolExecutor | None = None  # started helpers; None: render in this process
 _pool_lock = threading.Lock()
+_starting = False
 _unavailable = False  # helpers could not run here: render in this process from now on
+_restarts: set[asyncio.Task] = set()
 
 
-def _get_pool() -> ProcessPoolExecutor | None:
-    global _pool
-    if settings.CHAT_RENDER_PROCESSES <= 0 or _unavailable:
-        return None
-    with _pool_lock:
-        if _pool is None:
-            # forkserver: never fork this multi-threaded process itself.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["conversations.markdown"])
-            _pool = ProcessPoolExecutor(max_workers=settings.CHAT_RENDER_PROCESSES, mp_context=context)
-        return _pool
+def _start_pool() -> None:
+    """Start the helper processes and wait until they run (blocking: in a thread)."""
+    global _pool, _starting, _unavailable
+    try:
+        # forkserver: never fork this multi-threaded process itself.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["conversations.markdown"])
+        pool = ProcessPoolExecutor(max_workers=settings.CHAT_RENDER_PROCESSES, mp_context=context)
+        for _ in range(settings.CHAT_RENDER_PROCESSES):
+            pool.submit(render_tail, "")
+        with _pool_lock:
+            _pool = pool
+    except Exception:
+        log.exception("markdown helper processes are unavailable; rendering in the server process")
+        _unavailable = True
+    finally:
+        _starting = False
+
+
+async def start() -> None:
+    """Start the helper processes, once per process (and again after one died).
+    Starting them blocks for tens of milliseconds (the forkserver boots and
+    imports the renderer), so it happens in a thread while the event loop goes
+    on; tails are rendered here until the helpers run."""
+    global _starting
+    if _pool is not None or _starting or _unavailable or settings.CHAT_RENDER_PROCESSES <= 0:
+        return
+    _starting = True
+    await asyncio.get_running_loop().run_in_executor(None, _start_pool)
 
 
 def _discard_pool(broken: ProcessPoolExecutor) -> None:
@@ -51,26 +71,10 @@ def _discard_pool(broken: ProcessPoolExecutor) -> None:
     broken.shutdown(wait=False, cancel_futures=True)
 
 
-def warm_up() -> None:
-    """Start the helper processes now (the first answer of the process), so that
-    the first large tail does not wait for them to boot."""
-    global _unavailable
-    pool = _get_pool()
-    if pool is not None and not getattr(pool, "warmed", False):
-        pool.warmed = True
-        try:
-            for _ in range(settings.CHAT_RENDER_PROCESSES):
-                pool.submit(render_tail, "")
-        except Exception:
-            log.exception("markdown helper processes are unavailable; rendering in the server process")
-            _unavailable = True
-            _discard_pool(pool)
-
-
 async def render_tails(tails: list[str]) -> list[tuple[int, str, str]]:
     """render_tail() of each text, the larger ones in the helper processes."""
     global _unavailable
-    pool = _get_pool()
+    pool = _pool if settings.CHAT_RENDER_PROCESSES > 0 and not _unavailable else None
     if pool is None or all(len(tail) < SMALL_TAIL for tail in tails):
         return [render_tail(tail) for tail in tails]
     loop = asyncio.get_running_loop()
@@ -86,6 +90,9 @@ async def render_tails(tails: list[str]) -> list[tuple[int, str, str]]:
     except BrokenProcessPool:  # a helper died (killed, out of memory): start afresh, render here meanwhile
         log.warning("a markdown helper process died; starting new ones")
         _discard_pool(pool)
+        restart = loop.create_task(start())
+        _restarts.add(restart)
+        restart.add_done_callback(_restarts.discard)
     except Exception:  # helpers cannot run here at all
         log.exception("markdown helper processes are unavailable; rendering in the server process")
         _unavailable = True

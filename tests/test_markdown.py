@@ -165,6 +165,8 @@ async def test_large_tails_are_rendered_by_a_helper_process_with_the_same_result
     big = SAMPLE * 3  # ends in an unfinished paragraph, well over SMALL_TAIL
     small = "Just *a few* words"
     assert len(big) >= render_pool.SMALL_TAIL > len(small)
+    await render_pool.start()  # what the first answer of a process does, without waiting
+    assert render_pool._pool is not None
     results = await render_pool.render_tails([big, small])
     assert results == [render_tail(big), render_tail(small)]
     cut, append, tail = results[0]
@@ -184,4 +186,27 @@ async def test_when_helper_processes_cannot_run_tails_are_rendered_here(settings
     monkeypatch.setattr(render_pool, "_unavailable", False)
     big = SAMPLE * 3
     assert await render_pool.render_tails([big]) == [render_tail(big)]
-    assert render_pool._unavailable and render_pool._get_pool() is None
+    assert render_pool._unavailable and render_pool._pool is None
+    await render_pool.start()  # and no new helpers are tried
+    assert render_pool._pool is None
+
+
+async def test_a_helper_process_that_dies_is_replaced_and_the_tail_still_rendered(settings):
+    import asyncio
+
+    from conversations import render_pool
+    from conversations.markdown import render_tail
+
+    settings.CHAT_RENDER_PROCESSES = 1
+    await render_pool.start()
+    dead = render_pool._pool
+    for process in list(dead._processes.values()):
+        process.kill()
+    big = SAMPLE * 3
+    assert await render_pool.render_tails([big]) == [render_tail(big)]
+    for _ in range(100):  # new helpers start in the background
+        if render_pool._pool not in (None, dead):
+            break
+        await asyncio.sleep(0.05)
+    assert render_pool._pool not in (None, dead)
+    assert await render_pool.render_tails([big]) == [render_tail(big)]
