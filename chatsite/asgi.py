@@ -1,3 +1,4 @@
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -33,3 +34,10 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# What is loaded by now (Django, the app, their modules) lives as long as the
+# process. Freezing it keeps the garbage collector's full passes to what was
+# made later: they walked all of it and stopped the event loop for 60 to 80 ms,
+# every stream at once (bench/load.py, 100 streams; 12 ms frozen).
+gc.collect()
+gc.freeze()
