@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.template.loader import render_to_string
 
-from . import browsing, catalog, parameters, relay
+from . import browsing, catalog, parameters, relay, render_pool
 from .generation import ensure_sweeper, start_generation
 from .models import (
     Attachment,
@@ -245,6 +245,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.join(browsing.user_group(user.pk))
         await self.accept()
         ensure_sweeper()
+        render_pool.start_soon()  # ready before this person's first answer
         if self.conversation_pk is not None:
             await self.catch_up()
 

@@ -29,7 +29,7 @@ _pool: ProcessPoolExecutor | None = None  # started helpers; None: render in thi
 _pool_lock = threading.Lock()
 _starting = False
 _unavailable = False  # helpers could not run here: render in this process from now on
-_restarts: set[asyncio.Task] = set()
+_tasks: set[asyncio.Task] = set()
 
 
 def _start_pool() -> None:
@@ -51,16 +51,28 @@ def _start_pool() -> None:
         _starting = False
 
 
+def _needed() -> bool:
+    return _pool is None and not _starting and not _unavailable and settings.CHAT_RENDER_PROCESSES > 0
+
+
 async def start() -> None:
     """Start the helper processes, once per process (and again after one died).
     Starting them blocks for tens of milliseconds (the forkserver boots and
     imports the renderer), so it happens in a thread while the event loop goes
     on; tails are rendered here until the helpers run."""
     global _starting
-    if _pool is not None or _starting or _unavailable or settings.CHAT_RENDER_PROCESSES <= 0:
+    if not _needed():
         return
     _starting = True
     await asyncio.get_running_loop().run_in_executor(None, _start_pool)
+
+
+def start_soon() -> None:
+    """start() in a task of its own (held here until done)."""
+    if _needed():
+        task = asyncio.get_running_loop().create_task(start())
+        _tasks.add(task)
+        task.add_done_callback(_tasks.discard)
 
 
 def _discard_pool(broken: ProcessPoolExecutor) -> None:
@@ -90,9 +102,7 @@ async def render_tails(tails: list[str]) -> list[tuple[int, str, str]]:
     except BrokenProcessPool:  # a helper died (killed, out of memory): start afresh, render here meanwhile
         log.warning("a markdown helper process died; starting new ones")
         _discard_pool(pool)
-        restart = loop.create_task(start())
-        _restarts.add(restart)
-        restart.add_done_callback(_restarts.discard)
+        start_soon()
     except Exception:  # helpers cannot run here at all
         log.exception("markdown helper processes are unavailable; rendering in the server process")
         _unavailable = True
