@@ -259,12 +259,13 @@ class Generation:
                 await asyncio.sleep(delay)
                 if self.finished:
                     return
+            started = time.monotonic()  # the interval runs from flush to flush, however long one takes
             try:
                 await self.flush()
             except Exception:  # the channel layer may be briefly away: the next flush sends it all
                 log.exception("generation %s: publishing a delta failed", self.message_id)
                 self.dirty = True
-            self.last_flush = time.monotonic()
+            self.last_flush = started
 
     def unsaved(self) -> tuple[int, list, dict, str] | None:
         """(pk, content, usage, upstream id) when the answer changed since its last save."""
@@ -297,7 +298,7 @@ class Generation:
         live = _live_here()
         live[self.message_pk] = self
         ensure_saver()
-        _track(asyncio.get_running_loop().create_task(render_pool.start()), _detached)
+        render_pool.start_soon()
         try:
             await self._run(channel)
         finally:
