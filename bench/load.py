@@ -136,6 +136,9 @@ def delta_text(k: int, total: int, ts: int) -> str:
     return f"{head}{marker} {PHRASES[k % len(PHRASES)]}{tail}"
 
 
+DELTAS_ASKED = re.compile(rb"deltas=(\d+)")  # in a request's text: the answer's number of deltas
+
+
 def _sse(name: str, data: str) -> bytes:
     payload = f"event: {name}\ndata: {data}\n\n".encode()
     return b"%x\r\n%s\r\n" % (len(payload), payload)
@@ -227,6 +230,8 @@ class UpstreamServer:
                 "stop_sequence": None, "usage": {"input_tokens": 40, "output_tokens": 4},
             })  # fmt: skip
             return True
+        asked = DELTAS_ASKED.search(body)  # the load client may ask for another answer length
+        total = int(asked.group(1)) if asked else self.deltas
         message_id = f"msg_bench_{os.getpid()}_{self.counter}"
         message = {
             "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
@@ -244,7 +249,6 @@ class UpstreamServer:
         done: asyncio.Future = loop.create_future()
         start = loop.time()
         state = {"k": 0}
-        total = self.deltas
 
         def send_delta() -> None:
             if done.done():
@@ -432,8 +436,9 @@ async def run_baseline_client(args: argparse.Namespace) -> dict:
     """
     col = Collector(args.deltas)
     body = json.dumps(
-        {"model": "claude-bench", "max_tokens": 1024, "stream": True, "messages": [{"role": "user", "content": "bench"}]}
-    ).encode()
+        {"model": "claude-bench", "max_tokens": 1024, "stream": True,
+         "messages": [{"role": "user", "content": f"bench deltas={args.deltas}"}]}
+    ).encode()  # fmt: skip
     headers = {"x-api-key": "bench", "anthropic-version": "2023-06-01", "content-type": "application/json"}
     host, port = args.upstream.split("//", 1)[1].rsplit(":", 1)
 
@@ -488,6 +493,7 @@ async def run_baseline_client(args: argparse.Namespace) -> dict:
                 consume(state, chunk, now_us())
 
     async def one(client, i: int) -> None:
+        await asyncio.sleep(args.stagger * i / args.n)
         state = {"buffer": b"", "got": 0, "first": True, "finished": False, "sent": now_us()}
         col.first_send = min(col.first_send or state["sent"], state["sent"])
         try:
@@ -594,13 +600,15 @@ async def run_app_client(args: argparse.Namespace) -> dict:
     interval_us = int(args.flush_interval * 1e6)
 
     async def converse(i: int, ws) -> None:
+        await asyncio.sleep(args.stagger * i / args.n)
         sent = now_us()
         col.first_send = min(col.first_send or sent, sent)
         got = 0
         first = True
         status = None
         try:
-            await ws.send(json.dumps({"action": "send", "text": f"Benchmark message {i}", "client_id": f"c{i}"}))
+            text = f"Benchmark message {i} (deltas={args.deltas})"
+            await ws.send(json.dumps({"action": "send", "text": text, "client_id": f"c{i}"}))
             async for raw in ws:
                 received = now_us()
                 event = json.loads(raw)
@@ -997,12 +1005,13 @@ class Bench:
     # --- one client run ----------------------------------------------------
 
     def run_client(self, mode: str, n: int, url: str, on_ready=None, sampler: ProcSampler | None = None,
-                   baseline: str = "raw") -> dict:
+                   baseline: str = "raw", sustained: bool = False) -> dict:
+        deltas, stagger = (self.args.sustained_deltas, self.args.stagger) if sustained else (self.args.deltas, 0.0)
         command = [sys.executable, str(Path(__file__).resolve()), "--client", mode, "--n", str(n), "--baseline", baseline,
-                   "--deltas", str(self.args.deltas), "--timeout", str(self.args.level_timeout),
+                   "--deltas", str(deltas), "--stagger", str(stagger), "--timeout", str(self.args.level_timeout),
                    "--flush-interval", str(FLUSH_INTERVAL_MS / 1000)]  # fmt: skip
         command += ["--url", url] if mode == "app" else ["--upstream", url]
-        log = open(self.workdir / f"client-{mode}-{baseline if mode == 'baseline' else ''}-{n}.log", "w")
+        log = open(self.workdir / f"client-{mode}-{baseline if mode == 'baseline' else ''}-{n}{'-sustained' if sustained else ''}.log", "w")
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
         reader = LineReader(process.stdout)
         reader.start()
@@ -1061,8 +1070,10 @@ class Bench:
             env["REDIS_URL"] = self.redis_url_for_app()
         return env
 
-    def run_app_level(self, n: int, backend: str, profile: bool = False, plain: bool = False) -> dict:
-        data_dir = self.workdir / f"data-{backend}-{n}{'-profile' if profile else ''}{'-plain' if plain else ''}"
+    def run_app_level(self, n: int, backend: str, profile: bool = False, plain: bool = False,
+                      sustained: bool = False) -> dict:
+        data_dir = self.workdir / (f"data-{backend}-{n}{'-profile' if profile else ''}{'-plain' if plain else ''}"
+                                   f"{'-sustained' if sustained else ''}")  # fmt: skip
         data_dir.mkdir()
         database_url = None
         db_name = None
@@ -1099,7 +1110,7 @@ class Bench:
                     if profile:
                         spy["process"] = self._start_profiler(daphne.pid, data_dir)
 
-                result = self.run_client("app", n, url, on_ready=on_ready, sampler=sampler)
+                result = self.run_client("app", n, url, on_ready=on_ready, sampler=sampler, sustained=sustained)
                 time.sleep(0.3)
                 sampler.stop_event.set()
                 sampler.join()
@@ -1206,7 +1217,8 @@ class Bench:
 
     def save(self) -> None:
         self.results["args"] = {k: getattr(self.args, k)
-                                for k in ("levels", "deltas", "spacing", "level_timeout", "pg", "plain_daphne", "redis_stock")}
+                                for k in ("levels", "deltas", "spacing", "level_timeout", "pg", "plain_daphne", "redis_stock",
+                                          "sustained_levels", "sustained_deltas", "stagger")}
         self.results["machine"] = machine_info()
         self.results["app"] = self.args.app_note or describe_app(self.app_dir)
         self.results["app_facts"] = app_facts(self.app_dir)
@@ -1232,6 +1244,14 @@ class Bench:
                 print(f"[N={n}] app (SQLite, in-memory channel layer)...", file=sys.stderr)
                 self.results["sqlite"][n] = self.run_app_level(n, "sqlite")
                 print(f"  {_brief(self.results['sqlite'][n])}", file=sys.stderr)
+                self.save()
+            for n in self.args.sustained_levels if not self.args.skip_sqlite else []:
+                print(f"[N={n}] sustained: baseline, then app (SQLite), {self.args.sustained_deltas} deltas per answer, "
+                      f"sends spread over {self.args.stagger:g} s...", file=sys.stderr)  # fmt: skip
+                level = self.results.setdefault("sustained", {})[n] = {}
+                level["baseline"] = self.run_client("baseline", n, self.upstream_url, sustained=True)
+                level["app"] = self.run_app_level(n, "sqlite", sustained=True)
+                print(f"  baseline {_brief(level['baseline'])}\n  app {_brief(level['app'])}", file=sys.stderr)
                 self.save()
             if self.args.pg:
                 self.results["redis_check"] = check_redis_idle_receive(self.args.redis_url)
@@ -1632,6 +1652,7 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
             f"{wrapped.get('upstream_peak_streams')}).",
             "",
         ]
+    lines += sustained_section(results)
     if results.get("postgres"):
         stock = getattr(args, "redis_stock", False)
         lines += table(
@@ -1827,6 +1848,53 @@ def _added(results: dict, backend: str, n: int, key: str = "latency", q: str = "
     return _diff(app[key][q], base.get(q))
 
 
+def sustained_section(results: dict) -> list[str]:
+    """The sustained run: N streams held at once, without everyone sending in the same second."""
+    sustained = results.get("sustained") or {}
+    if not sustained:
+        return []
+    run = results.get("args") or {}
+    deltas, stagger = run.get("sustained_deltas", 400), run.get("stagger", 2.0)
+    spacing = run.get("spacing", 0.02)
+    lines = [
+        "### Sustained: N streams at once, sends spread out (SQLite)",
+        "",
+        f"The same app and setup, but each answer is {deltas} deltas ({deltas * spacing:g} s) and the N sends are "
+        f"spread evenly over {stagger:g} s (the baseline's requests likewise), so that N answers stream together "
+        f"for about {deltas * spacing - stagger:g} s without the whole herd's starts and finishes landing in the "
+        "same second. This is the load of N people reading answers at once; the table above is the stress case "
+        "of N people pressing Send in the same moment.",
+        "",
+        "| N | app p50 / p99 (ms) | baseline p50 / p99 (ms) | **added p50 / p99 (ms)** | added mid-answer p99 (ms) "
+        "| errors: failed answers / N | deltas/s app / baseline | most streams at once | daphne CPU | peak RSS (MiB) |",
+        "|---:|---|---|---|---:|---|---|---:|---:|---:|",
+    ]
+    for n in sorted(sustained, key=int):
+        app, base = sustained[n].get("app") or {}, sustained[n].get("baseline") or {}
+        if "fatal" in app or "fatal" in base or not app or not base:
+            lines.append(f"| {n} | failed: {(app.get('fatal') or base.get('fatal') or '')[:120]} |||||||||")
+            continue
+        lat, blat = app["latency"], base["latency"]
+        mid = _diff((app.get("mid") or {}).get("p99"), (base.get("mid") or {}).get("p99"))
+        lines.append(
+            f"| {n} | {_fmt(lat['p50'])} / {_fmt(lat['p99'])} | {_fmt(blat['p50'])} / {_fmt(blat['p99'])} "
+            f"| **{_fmt(_diff(lat['p50'], blat['p50']))} / {_fmt(_diff(lat['p99'], blat['p99']))}** | {_fmt(mid)} "
+            f"| **{app['failed_answers']}** / {n} | {_fmt(app.get('deltas_per_s'), 0)} / {_fmt(base.get('deltas_per_s'), 0)} "
+            f"| {app.get('upstream_peak_streams')} | {_fmt((app.get('daphne_cpu') or 0) * 100, 0)} % "
+            f"| {_fmt(app.get('peak_rss_mib'), 0)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _sustained_added(results: dict, n: int) -> tuple[float | None, int | None]:
+    level = (results.get("sustained") or {}).get(n) or (results.get("sustained") or {}).get(str(n)) or {}
+    app, base = level.get("app") or {}, level.get("baseline") or {}
+    if not app or not base or "fatal" in app or "fatal" in base:
+        return None, None
+    return _diff(app["latency"]["p99"], base["latency"]["p99"]), app["failed_answers"]
+
+
 def conclusions(results: dict, args: argparse.Namespace, micro: dict | None) -> list[str]:
     out = ["### Conclusion", ""]
     sqlite = results["sqlite"]
@@ -1863,23 +1931,39 @@ def conclusions(results: dict, args: argparse.Namespace, micro: dict | None) -> 
         and (_added(results, "sqlite", n) or 1e9) <= 25
     ]  # fmt: skip
     out.append(
-        f"- **Largest N measured within the target (p99 added ≤ 25 ms, zero errors), SQLite:** "
+        "- **Largest N measured within the target (p99 added ≤ 25 ms, zero errors), SQLite:** "
         + (f"N = {max(within)}." if within else "none of the levels measured.")
         + " Added p99 by level: "
         + ", ".join(f"{_fmt(_added(results, 'sqlite', n))} ms at N = {n}" for n in args.levels if n in sqlite and "fatal" not in sqlite[n])
         + "."
     )
 
+    for n in (100, 200):
+        added, failed = _sustained_added(results, n)
+        if added is not None:
+            out.append(
+                f"- **Sustained, {n} streams at once (sends spread out):** p99 added {_fmt(added)} ms, {failed} failed "
+                f"answers: {'within' if added <= 25 and not failed else 'NOT within'} the 25 ms target."
+            )
     if 200 in sqlite and "fatal" not in sqlite[200] and (sqlite[200].get("mid") or {}).get("p99") is not None:
         app, base = sqlite[200], results["baseline"].get(200) or {}
         mid = _diff(app["mid"]["p99"], (base.get("mid") or {}).get("p99"))
-        out.append(
-            f"- **At 200 streams the tail comes from the answers starting and ending together:** deltas in the middle "
-            f"60 % of each answer have p99 added {_fmt(mid)} ms, all deltas {_fmt(_added(results, 'sqlite', 200))} ms. "
-            "All 200 answers start within the same second and finish within the same second, and each start and "
-            "finish is database work (the turn's rows and limit checks, the final save, the title) on the one "
-            "database thread, whose Python holds the GIL the event loop needs (below)."
-        )
+        everything = _added(results, "sqlite", 200)
+        if mid is not None and everything is not None and mid > everything / 2:
+            out.append(
+                f"- **At 200 streams the whole answer is late, not only its start and end:** deltas in the middle 60 % "
+                f"of each answer have p99 added {_fmt(mid)} ms, all deltas {_fmt(everything)} ms: the process is short "
+                "of CPU for 200 streams at this pace (below)."
+            )
+        else:
+            out.append(
+                f"- **At 200 streams the tail comes from the answers starting and ending together:** deltas in the "
+                f"middle 60 % of each answer have p99 added {_fmt(mid)} ms, all deltas {_fmt(everything)} ms. All 200 "
+                "answers start within the same second and finish within the same second, and each start and finish "
+                "is work for the process (the turn's rows and limit checks on the one database thread, whose Python "
+                "holds the GIL the event loop needs; the upstream request; the final save and the title) on top of "
+                "the streams already running."
+            )
 
     pg = results.get("postgres") or {}
     for n in (200,):
@@ -1954,8 +2038,8 @@ def conclusions(results: dict, args: argparse.Namespace, micro: dict | None) -> 
         else:
             why.append(
                 "**The database work waits for one thread.** Events are relayed to sockets without a database hop, "
-                "but every database call (`database_sync_to_async`: starting a turn, claiming the worker channel, "
-                "the process's once-a-second save round, finishing, titles) still runs on asgiref's single "
+                "but every database call (`database_sync_to_async`: starting a turn, the process's once-a-second "
+                "save round, finishing, titles) still runs on asgiref's single "
                 "thread-sensitive executor thread, one at a time, and its Python work (Django's ORM compiles each "
                 "query) holds the GIL the event loop needs. The probe's round trip through that thread: " + worst + "."
             )
@@ -2080,6 +2164,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--deltas", type=int, default=100, help="text deltas per answer")
     parser.add_argument("--spacing", type=float, default=0.02, help="seconds between two deltas")
+    parser.add_argument("--sustained", default="100,200",
+                        help="levels of the sustained run (longer answers, sends spread out; '' for none)")
+    parser.add_argument("--sustained-deltas", type=int, default=400, help="text deltas per answer in the sustained run")
+    parser.add_argument("--stagger", type=float, default=2.0,
+                        help="sustained run: the N sends are spread evenly over this many seconds")
     parser.add_argument("--level-timeout", type=float, default=120.0, help="seconds for one level's streaming phase")
     parser.add_argument("--signup-timeout", type=float, default=300.0)
     parser.add_argument("--pg", action="store_true", help="also run every level on PostgreSQL + Redis")
@@ -2111,6 +2200,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--flush-interval", type=float, default=FLUSH_INTERVAL_MS / 1000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in str(args.n).split(",") if x.strip()]
+    args.sustained_levels = [int(x) for x in str(args.sustained).split(",") if x.strip()]
     if args.client:
         args.n = args.levels[0]
     return args
