@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -24,6 +26,7 @@ from .markdown import render_tail
 log = logging.getLogger(__name__)
 
 SMALL_TAIL = 400  # characters: rendered here
+PARENT_CHECK_INTERVAL = 1.0  # seconds: how soon helpers notice the server is gone
 
 _pool: ProcessPoolExecutor | None = None  # started helpers; None: render in this process
 _pool_lock = threading.Lock()
@@ -39,7 +42,12 @@ def _start_pool() -> None:
         # forkserver: never fork this multi-threaded process itself.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["conversations.markdown"])
-        pool = ProcessPoolExecutor(max_workers=settings.CHAT_RENDER_PROCESSES, mp_context=context)
+        pool = ProcessPoolExecutor(
+            max_workers=settings.CHAT_RENDER_PROCESSES,
+            mp_context=context,
+            initializer=_end_with,
+            initargs=(os.getpid(),),
+        )
         for _ in range(settings.CHAT_RENDER_PROCESSES):
             pool.submit(render_tail, "")
         with _pool_lock:
@@ -49,6 +57,24 @@ def _start_pool() -> None:
         _unavailable = True
     finally:
         _starting = False
+
+
+def _end_with(server_pid: int) -> None:
+    """In a helper: exit once the server process is gone. A server that is
+    killed never shuts its pool down, and the helpers (and their forkserver,
+    which lives while they do) would wait for work forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_INTERVAL)
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # alive, under another user
+                pass
+
+    threading.Thread(target=watch, name="end-with-server", daemon=True).start()
 
 
 def _needed() -> bool:

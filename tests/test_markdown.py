@@ -210,3 +210,54 @@ async def test_a_helper_process_that_dies_is_replaced_and_the_tail_still_rendere
         await asyncio.sleep(0.05)
     assert render_pool._pool not in (None, dead)
     assert await render_pool.render_tails([big]) == [render_tail(big)]
+
+
+HELPER_OWNER = """
+import os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+import django
+django.setup()
+from multiprocessing import forkserver
+from conversations import render_pool
+render_pool._start_pool()
+print(*render_pool._pool._processes, forkserver._forkserver._forkserver_pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_helper_processes_end_when_the_server_is_killed(tmp_path):
+    """A killed server never shuts its pool down: its helpers (and their
+    forkserver) must not wait for work forever, one set per restart."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    env = {**os.environ, "DATA_DIR": str(tmp_path)}
+    server = subprocess.Popen(
+        [sys.executable, "-c", HELPER_OWNER],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    helpers = [int(pid) for pid in server.stdout.readline().split()]
+    assert len(helpers) == 2 and all(_alive(pid) for pid in helpers)
+    server.send_signal(signal.SIGKILL)
+    server.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in helpers)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie whose parent has not reaped it yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
