@@ -267,9 +267,12 @@ class Generation:
                 self.dirty = True
             self.last_flush = started
 
+    def changed(self) -> bool:
+        return self.stream is not None and self.version != self.saved_version
+
     def unsaved(self) -> tuple[int, list, dict, str] | None:
         """(pk, content, usage, upstream id) when the answer changed since its last save."""
-        if self.stream is None or self.version == self.saved_version:
+        if not self.changed():
             return None
         self.saved_version = self.version
         acc = self.stream.accumulator
@@ -402,23 +405,37 @@ def _live_here() -> dict[int, Generation]:
     return per_loop(_live, dict)
 
 
+SAVE_SLICES = 10  # the saver wakes this many times per CHAT_SAVE_INTERVAL
+
+
 async def save_round() -> None:
-    """Write every running answer of this process in one database call: the
-    partial content of those that changed, a heartbeat for those silent for
-    CHAT_HEARTBEAT_INTERVAL. A stream never waits for it."""
+    """Write the running answers of this process that are due, in one
+    database call: the partial content of those changed since their last
+    write CHAT_SAVE_INTERVAL ago, a heartbeat for those silent for
+    CHAT_HEARTBEAT_INTERVAL. At most a SAVE_SLICES-th of the running answers
+    per round, the longest unwritten first: writing hundreds of growing
+    answers at once held the GIL for tens of milliseconds every second and
+    every stream stalled with it (bench/load.py, 200 streams); in slices
+    each answer is still written about every CHAT_SAVE_INTERVAL. A stream
+    never waits for it."""
     now = time.monotonic()
-    partials, heartbeats, written = [], [], []
-    for generation in list(_live_here().values()):
+    live = list(_live_here().values())
+    due = [
+        generation for generation in live
+        if now - generation.last_write >= settings.CHAT_HEARTBEAT_INTERVAL
+        or (now - generation.last_write >= settings.CHAT_SAVE_INTERVAL and generation.changed())
+    ]  # fmt: skip
+    due.sort(key=lambda generation: generation.last_write)
+    written = due[: -(-len(live) // SAVE_SLICES)]
+    if not written:
+        return
+    partials, heartbeats = [], []
+    for generation in written:
         partial = generation.unsaved()
         if partial is not None:
             partials.append(partial)
-        elif now - generation.last_write >= settings.CHAT_HEARTBEAT_INTERVAL:
-            heartbeats.append(generation.message_pk)
         else:
-            continue
-        written.append(generation)
-    if not written:
-        return
+            heartbeats.append(generation.message_pk)
     try:
         await save_batch(partials, heartbeats)
     except Exception:
@@ -431,7 +448,7 @@ async def save_round() -> None:
 
 async def _save_forever() -> None:
     while True:
-        await asyncio.sleep(min(settings.CHAT_SAVE_INTERVAL, settings.CHAT_HEARTBEAT_INTERVAL))
+        await asyncio.sleep(min(settings.CHAT_SAVE_INTERVAL, settings.CHAT_HEARTBEAT_INTERVAL) / SAVE_SLICES)
         try:
             await save_round()
         except Exception:  # the database may be briefly away: try again next round
