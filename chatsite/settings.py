@@ -243,7 +243,8 @@ CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 200_000)
 # kept to about CHAT_RENDER_BUDGET of one core per process (every flush for a
 # few answers, less often for hundreds, at least every CHAT_MAX_RENDER_INTERVAL);
 # the text is never held back for it. Running answers are written to the
-# database at least every CHAT_SAVE_INTERVAL seconds, all in one call.
+# database about every CHAT_SAVE_INTERVAL seconds, a tenth of them every tenth
+# of it (one database call each time).
 CHAT_FLUSH_INTERVAL = 0.016
 # Helper processes that render those tails (0: the server process itself).
 CHAT_RENDER_PROCESSES = env_int("CHAT_RENDER_PROCESSES", 1)

@@ -3,7 +3,7 @@
 The task is not owned by any socket: closing the tab does not stop it. It
 streams from the upstream client, publishes new text to the conversation's
 sockets as it arrives (relay.py), and finishes the message at the end; the
-process's saver writes every running answer at least once a second. It listens
+process's saver writes every running answer about once a second. It listens
 on a channel of its own (stored on the message) for "stop" and "snapshot"
 requests, so that any socket on any process can stop it or catch up with it.
 """
