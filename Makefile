@@ -30,12 +30,12 @@ test: $(STAMP)
 # Benchmarks, written to docs/benchmarks.md with the machine and date:
 # memory while sending 30 MB of PDFs; browsing 10,000 conversations (SQLite, then
 # PostgreSQL); streaming load, N = 10..1000 conversations through one daphne
-# process (about 10 minutes; see bench/load.py --help).
+# process, and a sustained run at 100 and 200 (about 12 minutes; see bench/load.py --help).
 bench: $(STAMP)
 	$(PY) bench/attachment_memory.py
 	$(PY) bench/browsing.py
 	$(PY) bench/browsing.py --postgres
-	$(PY) bench/load.py --pg --redis-stock --before-results bench/results-118b0fb.json
+	$(PY) bench/load.py --pg --redis-stock --before-results bench/results-42a53ec.json
 
 clean:
 	rm -rf $(VENV) data/staticfiles .pytest_cache
