@@ -38,6 +38,7 @@ _tasks: set[asyncio.Task] = set()
 def _start_pool() -> None:
     """Start the helper processes and wait until they run (blocking: in a thread)."""
     global _pool, _starting, _unavailable
+    pool = None
     try:
         # forkserver: never fork this multi-threaded process itself.
         context = multiprocessing.get_context("forkserver")
@@ -55,6 +56,8 @@ def _start_pool() -> None:
     except Exception:
         log.exception("markdown helper processes are unavailable; rendering in the server process")
         _unavailable = True
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
     finally:
         _starting = False
 
