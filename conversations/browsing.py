@@ -138,7 +138,12 @@ def title_request(first_message: str) -> dict[str, Any]:
 def needs_title(conversation_pk: int) -> str | None:
     """The first message's text when this conversation should get a generated title."""
     conversation = Conversation.objects.filter(pk=conversation_pk).first()
-    if conversation is None or conversation.title_locked:
+    return title_source(conversation) if conversation is not None else None
+
+
+def title_source(conversation: Conversation) -> str | None:
+    """needs_title() for a conversation already loaded (two queries)."""
+    if conversation.title_locked:
         return None
     answers = conversation.messages.filter(role=Message.Role.ASSISTANT, status=Message.Status.COMPLETE).count()
     first = conversation.messages.filter(role=Message.Role.USER).order_by("created_at", "pk").first()
