@@ -1567,7 +1567,8 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
             f"{args.spacing * 1000:.0f} ms apart each one normally leaves at once), `CHAT_RENDER_BUDGET` = 0.1 and "
             "`CHAT_MAX_RENDER_INTERVAL` = 2 s (the unfinished markdown tail is re-rendered less often as more answers "
             "stream, at least every 2 s; the text never waits for it), "
-            "`CHAT_SAVE_INTERVAL` = 1 s (one save of all running answers per process), `CHAT_STALE_AFTER` = 30 s; "
+            "`CHAT_SAVE_INTERVAL` = 1 s (each running answer is written about once a second, a tenth of them per "
+            "database call every 0.1 s), `CHAT_STALE_AFTER` = 30 s; "
             f"each level's streaming phase is cut off after {args.level_timeout:.0f} s."
             if (results.get("app_facts") or {}).get("leading_edge_flush")
             else f"**Settings:** `CHAT_FLUSH_INTERVAL` = {flush_ms / 1000:g} s (deltas are coalesced and published every "
@@ -1774,9 +1775,11 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
                 beyond = app.get("beyond") or {}
                 b99 = (base.get("latency") or {}).get("p99")
                 detail = ", ".join(f"{k} {v}" for k, v in sorted(app["errors"].items()))
+                first = app.get("first_delta") or {}
                 rows.append(
                     f"| {title} | {n} | {_fmt(app['latency']['p50'])} / {_fmt(app['latency']['p99'])} "
-                    f"| {_fmt(_diff(beyond.get('p99'), b99))} | {app['failed_answers']} / {n}{' (' + detail + ')' if detail else ''} "
+                    f"| {_fmt(_diff(beyond.get('p99'), b99))} | {_fmt(first.get('p50'), 0)} / {_fmt(first.get('p99'), 0)} "
+                    f"| {app['failed_answers']} / {n}{' (' + detail + ')' if detail else ''} "
                     f"| {_fmt(app.get('deltas_per_s'), 0)} | {app.get('upstream_peak_streams', '–')} "
                     f"| {_fmt((app.get('daphne_cpu') or 0) * 100, 0)} % | {_fmt(app.get('peak_rss_mib'), 0)} |"
                 )
@@ -1787,16 +1790,14 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
                 (
                     before["note"]
                     if before.get("note")
-                    else "The same load on the code before the fixes this benchmark led to (a per-event database-thread "
-                    "hop for every relayed event, Redis reads failing after 5 s idle, an answer's ticker stopped by a "
-                    "cancel that a Redis `group_send` could swallow)"
+                    else "The same load on the code of the previous run"
                     + ("; PostgreSQL rows with `?socket_timeout=30` added to `REDIS_URL`" if not (before.get("args") or {}).get("redis_stock") else "")
                 )
                 + ":",
                 "",
-                "| backend | N | app p50 / p99 (ms) | added beyond the window p99 (ms) | errors | deltas/s | most streams at once "
-                "| daphne CPU | peak RSS (MiB) |",
-                "|---|---:|---|---:|---|---:|---:|---:|---:|",
+                "| backend | N | app p50 / p99 (ms) | added beyond the window p99 (ms) | send → first delta p50 / p99 (ms) "
+                "| errors | deltas/s | most streams at once | daphne CPU | peak RSS (MiB) |",
+                "|---|---:|---|---:|---|---|---:|---:|---:|---:|",
                 *rows,
                 "",
             ]
@@ -1825,7 +1826,8 @@ def render_report(results: dict, args: argparse.Namespace, machine: dict) -> str
     elif profile:
         lines += [f"Profiling did not work: {profile.get('error', '')}", ""]
     lines += [
-        "Reproduce: `python bench/load.py` (also part of `make bench`): SQLite, every level, a plain-daphne check "
+        "Reproduce: `python bench/load.py` (also part of `make bench`): SQLite, every level, the sustained run at "
+        "N = 100 and 200 (`--sustained`), a plain-daphne check "
         "at N = 100, and a py-spy run at N = 200 when `py-spy` is on `PATH` (or `--py-spy PATH`); `--pg` adds the "
         "PostgreSQL + Redis table (both on loopback; a fresh database per level, keys `asgi*` of the Redis "
         "database are cleared). This run: `python bench/load.py"
@@ -1938,6 +1940,23 @@ def conclusions(results: dict, args: argparse.Namespace, micro: dict | None) -> 
         + "."
     )
 
+    before = results.get("before") or {}
+    firsts = []
+    for n in (100, 200):
+        now, then = (sqlite.get(n) or {}).get("first_delta"), ((before.get("sqlite") or {}).get(str(n)) or {}).get("first_delta")
+        if now and then:
+            firsts.append(f"{_fmt(now['p50'], 0)} ms at N = {n} (before: {_fmt(then['p50'], 0)} ms)")
+    if firsts:
+        out.append(
+            "- **Time to the first words of a burst (send → first delta, p50):** " + ", ".join(firsts) + ". "
+            "An answer's request goes upstream as soon as its turn is saved; the answers that start first then "
+            "stream while the rest of the burst's turns are still being saved, and share the process with them"
+            + (
+                f": at N = 100 the deltas in the middle 60 % of each answer have p99 "
+                f"{_fmt(sqlite[100]['mid']['p99'])} ms, all deltas {_fmt(sqlite[100]['latency']['p99'])} ms."
+                if (sqlite.get(100) or {}).get("mid") else "."
+            )
+        )
     for n in (100, 200):
         added, failed = _sustained_added(results, n)
         if added is not None:
@@ -2038,8 +2057,8 @@ def conclusions(results: dict, args: argparse.Namespace, micro: dict | None) -> 
         else:
             why.append(
                 "**The database work waits for one thread.** Events are relayed to sockets without a database hop, "
-                "but every database call (`database_sync_to_async`: starting a turn, the process's once-a-second "
-                "save round, finishing, titles) still runs on asgiref's single "
+                "but every database call (`database_sync_to_async`: starting a turn, the process's save rounds, "
+                "finishing, titles) still runs on asgiref's single "
                 "thread-sensitive executor thread, one at a time, and its Python work (Django's ORM compiles each "
                 "query) holds the GIL the event loop needs. The probe's round trip through that thread: " + worst + "."
             )
