@@ -25,7 +25,7 @@ from django.utils import timezone
 from .markdown import StreamingMarkdown, remember_finished
 from . import render_pool
 from .loops import per_loop
-from .models import Message, valid_usage
+from .models import USAGE_FIELDS, Message, valid_usage
 from . import browsing, relay
 from .catalog import upstream_config
 from .upstream import (
@@ -80,8 +80,9 @@ def _finish(message_pk: int, fields: dict[str, Any], usage: dict, want_title: bo
     message.set_usage(usage)
     message.worker_channel = ""
     message.completed_at = timezone.now()
-    message.save()
-    message.conversation.touch()
+    with transaction.atomic():  # one commit
+        message.save(update_fields=[*fields, *USAGE_FIELDS, "worker_channel", "completed_at", "updated_at"])
+        message.conversation.touch()
     end = {**message.end_event(), "totals": message.conversation.usage_totals()}
     title_from = browsing.title_source(message.conversation) if want_title else None
     return {"end": end, "title_from": title_from}
