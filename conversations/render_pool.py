@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 SMALL_TAIL = 400  # characters: rendered here
 PARENT_CHECK_INTERVAL = 1.0  # seconds: how soon helpers notice the server is gone
+# A first rendering that loads the renderer's lazy parts (a code highlighter
+# loads on first use: a slow first render made the answer wait longer for its next).
+WARM_UP = "**Warm** `up`:\n\n- item\n\n```python\nx = 1\n```\n\nText"
 
 _pool: ProcessPoolExecutor | None = None  # started helpers; None: render in this process
 _pool_lock = threading.Lock()
@@ -49,8 +52,8 @@ def _start_pool() -> None:
             initializer=_end_with,
             initargs=(os.getpid(),),
         )
-        for _ in range(settings.CHAT_RENDER_PROCESSES):
-            pool.submit(render_tail, "")
+        for _ in range(settings.CHAT_RENDER_PROCESSES):  # each helper renders once, loading what it needs
+            pool.submit(render_tail, WARM_UP)
         with _pool_lock:
             _pool = pool
     except Exception:

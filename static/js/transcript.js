@@ -358,6 +358,9 @@ function showUnrendered(tail, text) {
   while (target.lastElementChild && CONTAINERS.has(target.lastElementChild.tagName)) target = target.lastElementChild;
   let span = target.lastChild;
   if (!(span instanceof HTMLElement && span.classList.contains("unrendered"))) {
+    // A code block opened with nothing in it yet renders as one newline: the
+    // text that follows is its first line, not its second.
+    if (target.tagName === "CODE" && target.textContent === "\n") target.textContent = "";
     span = el("span", { class: "unrendered" });
     target.append(span);
   }
