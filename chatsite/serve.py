@@ -2,10 +2,10 @@
 
 daphne installs Twisted's asyncio reactor on a loop it creates when
 `daphne.server` is first imported, from the event loop policy in force then;
-this sets uvloop's policy first. uvloop's C event loop roughly halves the
-loop's own share of streaming (bench/load.py: one process carried 150 streams
-at 77 % of a core instead of 95 %). Without uvloop (a platform it does not
-build on) daphne runs on asyncio's default loop, as `daphne` itself would.
+this sets uvloop's policy first. uvloop's C event loop and transports cost
+less per streamed delta (bench/load.py at 150 streams: about a fifth less of
+a core). Without uvloop (a platform it does not build on) daphne runs on
+asyncio's default loop, as `daphne` itself would.
 """
 
 import asyncio
