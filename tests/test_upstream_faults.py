@@ -265,3 +265,44 @@ def test_retry_policy_matches_the_sdks():
     assert retry_delay(err(429, retry_after=600.0), 1, rand=0) == 0.5  # over a minute: ignored
     assert retry_delay(err(529), 1, rand=0) == 0.5 and retry_delay(err(529), 2, rand=0) == 1.0
     assert retry_delay(err(529), 10, rand=0) == 8.0 and retry_delay(err(529), 1, rand=1) == 0.375
+
+
+async def test_saver_writes_a_slice_of_the_running_answers_longest_unwritten_first(monkeypatch, settings):
+    """Hundreds of answers are not written in one call (that stalled every
+    stream): each round takes at most a tenth of them, the longest unwritten
+    first, and every answer is still written about every CHAT_SAVE_INTERVAL."""
+    from types import SimpleNamespace
+
+    from conversations import generation
+
+    settings.CHAT_SAVE_INTERVAL = 1.0
+    settings.CHAT_HEARTBEAT_INTERVAL = 5.0
+    calls = []
+
+    async def save_batch(partials, heartbeats):
+        calls.append(([pk for pk, *_ in partials], heartbeats))
+
+    monkeypatch.setattr(generation, "save_batch", save_batch)
+    live = generation._live_here()
+    now = time.monotonic()
+    for pk in range(1, 31):
+        answer = generation.Generation(message_pk=pk, message_id=str(pk), group="g", body={}, conversation_pk=1)
+        answer.stream = SimpleNamespace(accumulator=SimpleNamespace(content=[{"type": "text", "text": "x"}], message={}))
+        answer.version = 1  # changed since its last write
+        answer.last_write = now - 1.0 - pk / 100  # the higher the pk, the longer unwritten
+        if pk == 30:
+            answer.version = answer.saved_version  # unchanged, but silent past the heartbeat interval
+            answer.last_write = now - 6.0
+        live[pk] = answer
+    try:
+        await generation.save_round()
+        assert calls == [([29, 28], [30])]  # 3 of 30 (a tenth), the longest unwritten first
+        for _ in range(9):
+            await generation.save_round()
+        written = [pk for partials, heartbeats in calls for pk in partials + heartbeats]
+        assert sorted(written) == list(range(1, 31))  # ten rounds (one interval): every answer once
+        await generation.save_round()
+        assert len(calls) == 10  # nothing due again until its interval has passed
+    finally:
+        for pk in range(1, 31):
+            live.pop(pk, None)
