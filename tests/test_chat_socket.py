@@ -340,7 +340,7 @@ def test_a_new_chats_first_turn_is_a_few_statements_and_names_its_worker(alice, 
     that Stop from any process reaches it before the upstream has answered."""
     from conversations.consumers import _begin_turn
 
-    with django_assert_max_num_queries(9):
+    with django_assert_max_num_queries(10):
         turn = _begin_turn(alice, None, "Hello", None, [], "specific.abc!def")
     answer = Message.objects.get(pk=turn["assistant_pk"])
     assert answer.status == Message.Status.STREAMING and answer.worker_channel == "specific.abc!def"
