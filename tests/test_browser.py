@@ -313,3 +313,34 @@ def test_phone_width_composer_is_usable(new_page, app_server, upstream):
     expect(box).to_be_in_viewport()
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, f"the page scrolls sideways at phone width after an answer ({width}px wide)"
+
+
+@pytest.mark.browser
+def test_text_shown_before_its_rendering_keeps_out_of_a_closed_code_block(page, app_server):
+    """A busy server sends new text before its markdown (parts without `tail`).
+    Text that closes a code block must not show the fence, nor the words after
+    it, inside the block while it waits for its rendering."""
+    signup(page, app_server.url, unique_username("fence"))
+    result = page.evaluate(
+        """async () => {
+          const { Transcript } = await import("/static/js/transcript.js");
+          const root = document.createElement("div");
+          root.innerHTML = '<article data-role="assistant" data-id="m1" data-status="streaming"><div class="answer"></div></article>';
+          const scroller = document.createElement("div"), jump = document.createElement("button");
+          document.body.append(root);
+          const transcript = new Transcript({ root, scroller, jump, onGap() {}, onStreamingChange() {} });
+          const code = () => root.querySelector("pre code").textContent;
+          transcript.applyDelta("m1", [{ index: 0, type: "text", text: "Intro\\n\\n```python\\n",
+                                          append: "<p>Intro</p>", tail: '<pre><code class="language-python">\\n</code></pre>' }]);
+          transcript.applyDelta("m1", [{ index: 0, type: "text", text: "x = 1\\n" }]);
+          const opened = code();
+          transcript.applyDelta("m1", [{ index: 0, type: "text", text: "``" }]);
+          transcript.applyDelta("m1", [{ index: 0, type: "text", text: "`\\n\\nAfter " }]);
+          transcript.applyDelta("m1", [{ index: 0, type: "text", text: "the block" }]);
+          const tail = root.querySelector(".tail");
+          return { opened, closed: code(), after: tail.lastElementChild.textContent, tag: tail.lastElementChild.tagName };
+        }"""
+    )
+    assert result["opened"] == "x = 1\n"  # its first line, not after a blank one
+    assert result["closed"] == "x = 1\n"  # no fence inside the block
+    assert (result["tag"], result["after"]) == ("SPAN", "After the block")  # after the block, outside it

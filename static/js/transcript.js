@@ -365,6 +365,22 @@ function showUnrendered(tail, text) {
     target.append(span);
   }
   span.textContent += text;
+  if (target.tagName === "CODE") leaveClosedCode(tail, span);
+}
+
+// Text that arrived inside an open code block until it is rendered: once it
+// holds the closing fence, the fence is not code and what follows it is not
+// in the block; it goes on after the block (the next rendering puts it right).
+const CLOSING_FENCE = /(^|\n)(`{3,}|~{3,})[ \t]*(\n|$)/;
+
+function leaveClosedCode(tail, span) {
+  const found = CLOSING_FENCE.exec(span.textContent);
+  if (!found) return;
+  const after = span.textContent.slice(found.index + found[0].length).replace(/^\n+/, "");
+  span.textContent = span.textContent.slice(0, found.index + found[1].length);
+  const rest = el("span", { class: "unrendered" });
+  rest.textContent = after;
+  tail.append(rest);
 }
 
 function closeThinking(article) {
