@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/attachment_memory.py
 	$(PY) bench/browsing.py
 	$(PY) bench/browsing.py --postgres
-	$(PY) bench/load.py --pg --redis-stock --before-results bench/results-42a53ec.json
+	$(PY) bench/load.py --pg --redis-stock --before-results bench/results-656e2c5.json
 
 clean:
 	rm -rf $(VENV) data/staticfiles .pytest_cache
