@@ -135,14 +135,9 @@ def title_request(first_message: str) -> dict[str, Any]:
     }
 
 
-def needs_title(conversation_pk: int) -> str | None:
-    """The first message's text when this conversation should get a generated title."""
-    conversation = Conversation.objects.filter(pk=conversation_pk).first()
-    return title_source(conversation) if conversation is not None else None
-
-
-def title_source(conversation: Conversation) -> str | None:
-    """needs_title() for a conversation already loaded (two queries)."""
+def needs_title(conversation: Conversation) -> str | None:
+    """The first message's text when this conversation should get a generated
+    title (two queries), else None."""
     if conversation.title_locked:
         return None
     answers = conversation.messages.filter(role=Message.Role.ASSISTANT, status=Message.Status.COMPLETE).count()

@@ -84,7 +84,7 @@ def _finish(message_pk: int, fields: dict[str, Any], usage: dict, want_title: bo
         message.save(update_fields=[*fields, *USAGE_FIELDS, "worker_channel", "completed_at", "updated_at"])
         message.conversation.touch()
     end = {**message.end_event(), "totals": message.conversation.usage_totals()}
-    title_from = browsing.title_source(message.conversation) if want_title else None
+    title_from = browsing.needs_title(message.conversation) if want_title else None
     return {"end": end, "title_from": title_from}
 
 

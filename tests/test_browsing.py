@@ -218,7 +218,7 @@ async def test_first_answer_gets_a_generated_title_in_every_tab(alice, fake_upst
 def test_renamed_conversation_never_gets_a_generated_title(alice):
     conversation = make(alice, "x")
     browsing.rename(conversation, "Mine")
-    assert browsing.needs_title(conversation.pk) is None
+    assert browsing.needs_title(Conversation.objects.get(pk=conversation.pk)) is None
     assert browsing.save_generated_title(conversation.pk, "Other") is None
 
 
